@@ -1,0 +1,242 @@
+{{/* vim: set filetype=mustache: */}}
+{{/*
+Names and labels are defined here once; every template uses these helpers.
+*/}}
+
+{{- define "perf-predictor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified name. Truncated to 45 characters because KServe derives
+`<name>-predictor-...` object and host names from it (DNS labels are 63 max).
+*/}}
+{{- define "perf-predictor.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "perf-predictor.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{- define "perf-predictor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable, used by Services, monitors, PDB and NetworkPolicy. */}}
+{{- define "perf-predictor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "perf-predictor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: predictor
+{{- end }}
+
+{{- define "perf-predictor.labels" -}}
+helm.sh/chart: {{ include "perf-predictor.chart" . }}
+app.kubernetes.io/name: {{ include "perf-predictor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: perf-predictor
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the predictor workload and its pods. */}}
+{{- define "perf-predictor.workloadLabels" -}}
+{{ include "perf-predictor.labels" . }}
+app.kubernetes.io/component: predictor
+{{- end }}
+
+{{- define "perf-predictor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "perf-predictor.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "perf-predictor.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "perf-predictor.isKServe" -}}
+{{- if eq .Values.workload "inferenceService" }}true{{- end }}
+{{- end }}
+
+{{- define "perf-predictor.isKnative" -}}
+{{- if and (eq .Values.workload "inferenceService") (eq .Values.deploymentMode "Knative") }}true{{- end }}
+{{- end }}
+
+{{/* Largest number of replicas the workload may run (decides the PodDisruptionBudget). */}}
+{{- define "perf-predictor.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* Readiness path of the model. */}}
+{{- define "perf-predictor.readyPath" -}}
+{{- printf "/v2/models/%s/ready" .Values.model.name }}
+{{- end }}
+
+{{/* Base URL the helm test pod talks to. */}}
+{{- define "perf-predictor.testURL" -}}
+{{- $ns := include "perf-predictor.namespace" . }}
+{{- if include "perf-predictor.isKServe" . }}
+{{- printf "http://%s-predictor.%s.svc.cluster.local" (include "perf-predictor.fullname" .) $ns }}
+{{- else }}
+{{- printf "http://%s.%s.svc.cluster.local:%v" (include "perf-predictor.fullname" .) $ns .Values.service.httpPort }}
+{{- end }}
+{{- end }}
+
+{{/*
+Value checks the JSON schema cannot express; the schema rejects the common
+mistakes first (see values.schema.json).
+*/}}
+{{- define "perf-predictor.validate" -}}
+{{- $a := .Values.autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $a.minReplicas $a.maxReplicas) }}
+{{- end }}
+{{- $m := .Values.monitoring }}
+{{- if and $m.serviceMonitor.enabled $m.podMonitor.enabled }}
+{{- fail "monitoring.serviceMonitor.enabled and monitoring.podMonitor.enabled are both true: pick one, or Prometheus scrapes every pod twice" }}
+{{- end }}
+{{- if and $m.serviceMonitor.enabled (include "perf-predictor.isKnative" .) }}
+{{- fail "monitoring.serviceMonitor is not supported with deploymentMode=Knative (Knative's Services front the queue-proxy): use monitoring.podMonitor" }}
+{{- end }}
+{{- if and .Values.model.storageUri (eq .Values.workload "deployment") }}
+{{- fail "model.storageUri needs KServe's storage initializer: use workload=inferenceService, or mount the model with extraVolumes/extraVolumeMounts at /mnt/models" }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------
+Shared pod and container partials, used by the InferenceService predictor
+and by the plain Deployment so both run the same container.
+--------------------------------------------------------------------- */}}
+
+{{/* The predictor container (name kserve-container, KServe's convention). */}}
+{{- define "perf-predictor.container" -}}
+- name: kserve-container
+  image: {{ include "perf-predictor.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - --model_name={{ .Values.model.name }}
+    - --model_dir=/mnt/models
+    - --http_port=8080
+    - --grpc_port=8081
+    - --workers={{ .Values.server.workers }}
+    {{- range .Values.server.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  ports:
+    - name: http1
+      containerPort: 8080
+      protocol: TCP
+    {{- if not (include "perf-predictor.isKnative" .) }}
+    - name: h2c
+      containerPort: 8081
+      protocol: TCP
+    {{- end }}
+  env:
+    - name: HOME
+      value: /tmp
+    - name: TMPDIR
+      value: /tmp
+    - name: PYTHONDONTWRITEBYTECODE
+      value: "1"
+    {{- if and (include "perf-predictor.isKServe" .) .Values.model.storageUri }}
+    - name: STORAGE_URI
+      value: {{ .Values.model.storageUri | quote }}
+    {{- end }}
+    {{- with .Values.server.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  readinessProbe:
+    httpGet:
+      path: {{ include "perf-predictor.readyPath" . }}
+      port: 8080
+    {{- toYaml .Values.probes.readiness | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /v2/health/live
+      port: 8080
+    {{- toYaml .Values.probes.liveness | nindent 4 }}
+  {{- with .Values.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{/* Pod-level fields (without containers), shared by both workloads. */}}
+{{- define "perf-predictor.podSpecFields" -}}
+serviceAccountName: {{ include "perf-predictor.serviceAccountName" . }}
+automountServiceAccountToken: false
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ .Values.tmpSizeLimit }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/* Pod labels (selector labels + user pod labels). */}}
+{{- define "perf-predictor.podLabels" -}}
+{{ include "perf-predictor.workloadLabels" . }}
+{{- with .Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
