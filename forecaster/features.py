@@ -1,0 +1,79 @@
+"""The one feature transform used by training and serving, so the served model sees what it was fitted on.
+
+A row describes one (series window, horizon step) pair: the window's recent shape scaled by its own
+level, plus what the same time yesterday did for the target step. Scaling by level lets one global
+model serve CPU percentages, bytes per second and request counts alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SEASON = 288  # points per day at the 5-minute step Prometheus users most often record at
+N_LAGS = 24
+MEAN_SPANS = (3, 6, 12, 36, 72, SEASON)
+STD_SPANS = (12, 72, SEASON)
+SEASONAL_HALF_WIDTH = 3
+FEATURE_VERSION = 1
+
+
+def min_window(horizon: int) -> int:
+    """Shortest window that holds every feature: a day of history plus the neighbourhood of yesterday."""
+    return SEASON + SEASONAL_HALF_WIDTH + 1 + max(N_LAGS, horizon)
+
+
+def series_levels(windows: np.ndarray) -> np.ndarray:
+    """Mean absolute value over the last day of each window; 1 where a series is flat zero."""
+    level = np.abs(windows[:, -SEASON:]).mean(axis=1)
+    return np.where(level > 1e-9, level, 1.0)
+
+
+def feature_names(horizon: int) -> list[str]:
+    del horizon  # the names do not depend on it; kept for symmetry with make_features
+    names = [f"lag_{k}" for k in range(1, N_LAGS + 1)]
+    names += [f"mean_{n}" for n in MEAN_SPANS] + [f"std_{n}" for n in STD_SPANS]
+    names += ["min_12", "max_12", f"min_{SEASON}", f"max_{SEASON}", "slope_6"]
+    names += ["step", "yesterday", "yesterday_smooth", "yesterday_move", "last_minus_yesterday"]
+    return names
+
+
+def make_features(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows for every window and every step 1..horizon, ordered window-major.
+
+    Returns (X of shape [n * horizon, F] float32, levels of shape [n]).
+    """
+    windows = np.asarray(windows, dtype=np.float64)
+    n, width = windows.shape
+    if width < min_window(horizon):
+        raise ValueError(f"windows need at least {min_window(horizon)} points, got {width}")
+    levels = series_levels(windows)
+    scaled = windows / levels[:, None]
+    last = width - 1
+
+    shared = [scaled[:, last - N_LAGS + 1 :][:, ::-1]]
+    shared += [scaled[:, -k:].mean(axis=1, keepdims=True) for k in MEAN_SPANS]
+    shared += [scaled[:, -k:].std(axis=1, keepdims=True) for k in STD_SPANS]
+    shared += [
+        scaled[:, -12:].min(axis=1, keepdims=True),
+        scaled[:, -12:].max(axis=1, keepdims=True),
+        scaled[:, -SEASON:].min(axis=1, keepdims=True),
+        scaled[:, -SEASON:].max(axis=1, keepdims=True),
+        scaled[:, -6:].mean(axis=1, keepdims=True) - scaled[:, -12:-6].mean(axis=1, keepdims=True),
+    ]
+    shared_block = np.concatenate(shared, axis=1)
+
+    steps = np.arange(1, horizon + 1)
+    origin_yesterday = last - SEASON
+    target_yesterday = origin_yesterday + steps  # index of the target's time, one day earlier
+    yesterday = scaled[:, target_yesterday]  # [n, H]
+    offsets = np.arange(-SEASONAL_HALF_WIDTH, SEASONAL_HALF_WIDTH + 1)
+    smooth = scaled[:, target_yesterday[:, None] + offsets[None, :]].mean(axis=2)
+    move = yesterday - scaled[:, [origin_yesterday]]
+    last_minus_yesterday = np.repeat(scaled[:, [last]] - scaled[:, [origin_yesterday]], horizon, axis=1)
+    per_step = np.stack(
+        [np.broadcast_to(steps, (n, horizon)), yesterday, smooth, move, last_minus_yesterday], axis=2
+    )  # [n, H, 5]
+
+    rows = np.concatenate(
+        [np.repeat(shared_block[:, None, :], horizon, axis=1), per_step], axis=2
+    ).reshape(n * horizon, -1)
+    return rows.astype(np.float32), levels

@@ -1,0 +1,1 @@
+"""Training: data sources -> the shared feature transform -> a global quantile model -> a model directory."""

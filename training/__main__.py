@@ -1,0 +1,52 @@
+"""`python -m training --data PATH --out MODEL_DIR`: train a model directory the predictor can serve."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from forecaster.model import TrainingParams
+
+from .sources import csv_files, synthetic
+from .train import train
+
+
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(q) for q in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quantiles must be comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    p.add_argument("--data", help="a CSV file or a directory of CSVs (timestamp,value); "
+                                  "without it, the built-in synthetic workload")
+    p.add_argument("--out", default="models/default", help="model directory to write")
+    p.add_argument("--name", default="perf-predictor", help="model name recorded in the card")
+    p.add_argument("--version", help="model version (default: UTC time of training)")
+    p.add_argument("--window", type=int, default=336, help="points of history per forecast")
+    p.add_argument("--horizon", type=int, default=12, help="points to forecast")
+    p.add_argument("--quantiles", type=parse_quantiles, default=(0.1, 0.5, 0.9))
+    p.add_argument("--max-iter", type=int, default=TrainingParams.max_iter, help="boosting rounds per quantile")
+    p.add_argument("--stride", type=int, default=TrainingParams.stride, help="points between training origins")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.data:
+            series, source = csv_files.load(args.data), f"csv:{args.data}"
+        else:
+            series, source = synthetic.generate(), "synthetic"
+        train(series, args.out, source=source, name=args.name, version=args.version, window=args.window,
+              horizon=args.horizon, quantiles=args.quantiles,
+              params=TrainingParams(max_iter=args.max_iter, stride=args.stride))
+    except (OSError, ValueError) as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
