@@ -27,6 +27,7 @@ def call(path, body=None):
         return resp.status, json.loads(resp.read().decode() or "null")
 
 
+last = None
 while True:
     try:
         status, _ = call("/v2/models/%s/ready" % model)
@@ -35,7 +36,7 @@ while True:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         last = exc
     if time.time() > deadline:
-        fail("model %s not ready at %s within the timeout" % (model, base))
+        fail("model %s not ready at %s within the timeout (last error: %s)" % (model, base, last))
     time.sleep(2)
 
 _, meta = call("/v2/models/%s" % model)
