@@ -1,0 +1,79 @@
+# perf-predictor: KServe custom predictor (REST v2 on 8080, gRPC v2 on 8081).
+#
+#   docker build -t perf-predictor .                         # runtime image (the default, last stage)
+#   docker build --target dev -t perf-predictor:dev .        # + restarts on predictor/**/*.py changes
+#   docker build --build-arg BASE_IMAGE=registry.example/python:3.11-slim-bookworm .
+#
+# BASE_IMAGE must be a Debian-like image with python3 (>= 3.10) and its venv module; builds that
+# cannot pull (air-gapped, CI) pass a locally built one (scripts/build-base-image.sh). The image
+# runs as UID/GID 10001 with a read-only root filesystem; only /tmp needs to be writable.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+# builder: a virtualenv with the dependencies and the project wheel, and the default model.
+FROM ${BASE_IMAGE} AS builder
+
+# Optional package index settings for builds behind a mirror; empty means pip's defaults.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DEFAULT_TIMEOUT=120 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+
+# Dependencies first, from pyproject.toml alone: this layer is reused until the dependencies change.
+COPY pyproject.toml README* ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --only-binary=:all: -r /tmp/requirements.txt
+
+# The project itself, as a wheel (no dependencies: they are all in already).
+COPY forecaster ./forecaster
+COPY predictor ./predictor
+COPY training ./training
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && pip install --no-deps /tmp/wheels/*.whl \
+    && python -m training --out /mnt/models \
+    && pip uninstall --yes pip setuptools wheel \
+    && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
+    && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
+
+# ---------------------------------------------------------------------------------------------
+# app: the slim runtime — the base image, the virtualenv, the model, a non-root user.
+FROM ${BASE_IMAGE} AS app
+
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONFAULTHANDLER=1
+
+RUN groupadd --system --gid 10001 predictor \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+         --shell /usr/sbin/nologin predictor
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /mnt/models /mnt/models
+
+USER 10001:10001
+EXPOSE 8080 8081
+ENTRYPOINT ["python", "-m", "predictor"]
+
+# ---------------------------------------------------------------------------------------------
+# dev: for `skaffold dev`. Skaffold syncs predictor/**/*.py into /tmp/dev (the only writable path
+# under a read-only root filesystem); watchfiles (a KServe dependency) restarts the server when a
+# synced file changes. The working directory comes first on sys.path, so /tmp/dev/predictor wins
+# over the installed package. Container args (the KServe flags) are passed through.
+FROM app AS dev
+COPY --chown=10001:10001 predictor /opt/dev-src/predictor
+ENTRYPOINT ["/bin/sh", "-c", "mkdir -p /tmp/dev && cp -R /opt/dev-src/predictor /tmp/dev/ && cd /tmp/dev && exec watchfiles --target-type command --filter python --sigint-timeout 8 \"python -m predictor $*\" /tmp/dev/predictor", "dev"]
+
+# ---------------------------------------------------------------------------------------------
+# runtime: the default target (last stage).
+FROM app AS runtime
