@@ -100,8 +100,8 @@ def helm_path(key: str) -> Path:
     return _install_helm(key)
 
 
-def run_helm(key: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def run_helm(key: str, *args: str, check: bool = False, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(extra_env or {}))
     # keep helm away from the user's repositories, registry logins and plugins
     scratch = TOOLS / f"{key}-home"
     for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):

@@ -83,3 +83,15 @@ def test_kube_version_enforced(helm):
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", "1.27.0")
     assert proc.returncode != 0
     assert "kubeVersion" in proc.stderr or "incompatible" in proc.stderr.lower(), proc.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_notes_render(case, tmp_path):
+    """NOTES.txt renders for every values file (Helm 4's client-side dry run needs no cluster;
+    Helm 3's still wants a kubeconfig, so only Helm 4 runs this)."""
+    proc = run_helm("helm4", "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                    "--dry-run=client", *case_args(case), extra_env={"KUBECONFIG": str(tmp_path / "none")})
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert f"helm test {RELEASE}" in notes
+    assert "/v2/models/perf-predictor/ready" in notes
