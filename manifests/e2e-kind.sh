@@ -29,7 +29,11 @@ else
 fi
 
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
-  docker build -t "$IMAGE" .
+  if [[ -f scripts/build-image.sh ]]; then
+    IMAGE="$IMAGE" TARGET=runtime bash scripts/build-image.sh   # the project's `make image`
+  else
+    docker build --target runtime -t "$IMAGE" .
+  fi
 fi
 kind load docker-image "$IMAGE" --name "$KIND_CLUSTER"
 
