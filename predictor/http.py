@@ -1,36 +1,92 @@
-"""Fixes to KServe's REST layer so that clients get the protocol's 4xx errors, not 415/422/500s.
+"""Additions to KServe's REST app: protocol-shaped 4xx errors, JSON by default, metrics for every request.
 
-- A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is JSON unless the
-  binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
+- A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is read as
+  JSON unless the binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
 - FastAPI's request validation errors (malformed v2 JSON) become 400 {"error": ...} instead of 422.
+- Every inference request is counted and timed here, outside KServe, so requests KServe rejects
+  before the model sees them are counted too; `/metrics` serves the sum over all worker processes.
 """
 from __future__ import annotations
+
+import re
+import time
+from contextvars import ContextVar
+from typing import Optional
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import model_server
 
+from . import metrics
+
 BINARY_HEADER = b"inference-header-content-length"
 JSON_TYPE = b"application/json"
-INFER_SUFFIXES = ("/infer", ":predict")
+INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
+FALLBACK_REASONS = {400: "invalid_request", 404: "unknown_model", 413: "too_large", 415: "unsupported_media_type"}
+
+# Set by the metrics middleware for the request in progress; the model writes the 4xx reason into it.
+request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request", default=None)
 _installed = False
 
 
 class JsonContentTypeMiddleware:
-    """ASGI middleware: inference POSTs (v1 :predict, v2 /infer) without the binary header are read as JSON."""
+    """Inference POSTs without the binary-tensor header are read as JSON."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] == "http" and scope["method"] == "POST" and path.endswith(INFER_SUFFIXES):
-            headers = [(k, v) for k, v in scope["headers"]]
-            names = {k for k, _ in headers}
-            if BINARY_HEADER not in names:
+        if scope["type"] == "http" and scope["method"] == "POST" and INFERENCE_PATH.match(scope["path"]):
+            headers = list(scope["headers"])
+            if all(k != BINARY_HEADER for k, _ in headers):
                 headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", JSON_TYPE)]
                 scope = dict(scope, headers=headers)
         await self.app(scope, receive, send)
+
+
+class MetricsMiddleware:
+    def __init__(self, app, served_models: frozenset[str]):
+        self.app = app
+        self.served_models = served_models
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            body, content_type = metrics.exposition()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", content_type.encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        match = INFERENCE_PATH.match(scope["path"]) if scope["method"] == "POST" else None
+        if not match:
+            return await self.app(scope, receive, send)
+        name = match.group("v2") or match.group("v1")
+        model = name if name in self.served_models else "unknown"
+        endpoint = "v2_infer" if match.group("v2") else "v1_predict"
+        state = {"status": 500, "reason": None}
+        token = request_state.set(state)
+
+        async def capture_status(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        in_flight = metrics.IN_FLIGHT.labels(model, "rest")
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, capture_status)
+        finally:
+            in_flight.dec()
+            request_state.reset(token)
+            record(model, "rest", endpoint, state["status"], state["reason"], time.perf_counter() - started)
+
+
+def record(model: str, protocol: str, endpoint: str, status: int, reason: Optional[str], seconds: float) -> None:
+    metrics.REQUESTS.labels(model, protocol, endpoint, metrics.status_class(status)).inc()
+    metrics.DURATION.labels(model, protocol, endpoint).observe(seconds)
+    if 400 <= status < 500:
+        metrics.CLIENT_ERRORS.labels(model, protocol, reason or FALLBACK_REASONS.get(status, "other")).inc()
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -47,14 +103,18 @@ def _describe(exc: RequestValidationError) -> str:
 
 
 async def validation_error_handler(_request, exc: RequestValidationError) -> JSONResponse:
+    state = request_state.get()
+    if state is not None:
+        state["reason"] = "malformed_body"
     return JSONResponse(status_code=400, content={"error": _describe(exc)})
 
 
-def install() -> None:
+def install(served_models: frozenset[str]) -> None:
     """Idempotent; must run in every process that serves REST (see PerfPredictor.__setstate__)."""
     global _installed
     if _installed:
         return
     model_server.app.add_middleware(JsonContentTypeMiddleware)
+    model_server.app.add_middleware(MetricsMiddleware, served_models=served_models)
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     _installed = True

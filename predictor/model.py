@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional
 
 import numpy as np
 from kserve import Model
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.errors import InvalidInput
+from kserve.model import InferenceVerb
+from kserve.protocol.infer_type import InferRequest
 
 from forecaster import artifact
 from forecaster.model import QuantileForecaster
 
-from . import codec, http
+from . import codec, http, metrics
 
 logger = logging.getLogger("perf_predictor")
 
@@ -25,7 +28,7 @@ class PerfPredictor(Model):
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
         self._executor: Optional[ThreadPoolExecutor] = None
-        http.install()
+        http.install(frozenset({name}))
 
     def __getstate__(self) -> dict:
         # --workers > 1 pickles the loaded model into each worker process; executors do not travel.
@@ -33,15 +36,18 @@ class PerfPredictor(Model):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        http.install()  # each worker process has its own FastAPI app
+        http.install(frozenset({self.name}))  # each worker process has its own FastAPI app
 
     def load(self) -> bool:
         """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load."""
+        started = time.perf_counter()
         self.forecaster, self.card = artifact.load(self.model_dir)
+        seconds = time.perf_counter() - started
+        metrics.record_model(self.name, self.card, seconds)
         spec = self.forecaster.spec
         logger.info(
-            "loaded model %s version %s from %s: window %d, horizon %d, outputs %s",
-            self.card.get("name"), self.card.get("version"), self.model_dir,
+            "loaded model %s version %s from %s in %.2fs: window %d, horizon %d, outputs %s",
+            self.card.get("name"), self.card.get("version"), self.model_dir, seconds,
             spec.window, spec.horizon, ",".join(spec.output_names),
         )
         self.ready = True
@@ -59,7 +65,36 @@ class PerfPredictor(Model):
         return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
                 for n in self.forecaster.spec.output_names]
 
-    async def _forecast(self, history: np.ndarray) -> np.ndarray:
+    async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
+                       verb: InferenceVerb = InferenceVerb.PREDICT):
+        if not (isinstance(body, InferRequest) and body.from_grpc):
+            try:
+                return await super().__call__(body, headers, verb)
+            except InvalidInput as exc:
+                state = http.request_state.get()
+                if state is not None:  # REST: the metrics middleware records it with this reason
+                    state["reason"] = getattr(exc, "code", None)
+                raise
+        # gRPC: KServe's servicer has no hook around it, so its requests are counted here.
+        status, reason = 200, None
+        in_flight = metrics.IN_FLIGHT.labels(self.name, "grpc")
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            return await super().__call__(body, headers, verb)
+        except InvalidInput as exc:
+            status, reason = 400, getattr(exc, "code", None)
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            in_flight.dec()
+            http.record(self.name, "grpc", "v2_infer", status, reason, time.perf_counter() - started)
+
+    async def _forecast(self, history: np.ndarray, protocol: str) -> np.ndarray:
+        metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
+        metrics.SERIES.labels(self.name, protocol).inc(len(history))
         # One dedicated thread: the event loop keeps answering health checks while trees run,
         # and requests never compete for cores with each other's OpenMP teams.
         if self._executor is None:
@@ -69,7 +104,8 @@ class PerfPredictor(Model):
     async def predict(self, payload: Any, headers: Dict[str, str] = None) -> Any:
         window, names = self.forecaster.spec.window, self.forecaster.spec.output_names
         if isinstance(payload, InferRequest):
-            forecasts = await self._forecast(codec.decode_v2(payload, window))
+            protocol = "grpc" if payload.from_grpc else "rest"
+            forecasts = await self._forecast(codec.decode_v2(payload, window), protocol)
             return codec.encode_v2(payload, self.name, self.version, names, forecasts)
-        forecasts = await self._forecast(codec.decode_v1(payload, window))
+        forecasts = await self._forecast(codec.decode_v1(payload, window), "rest")
         return codec.encode_v1(names, forecasts)

@@ -1,0 +1,87 @@
+"""RED metrics for the predictor, correct with any number of worker processes.
+
+`python -m predictor` points prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) at a
+fresh directory before anything imports it, so every worker (and the gRPC server in the parent) writes its own files and a
+scrape sums them. KServe's own histograms land in the same directory and keep working.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+REQUESTS = Counter("perf_predictor_requests", "Inference requests, by outcome.",
+                   ["model", "protocol", "endpoint", "status_class"])
+DURATION = Histogram("perf_predictor_request_duration_seconds", "Inference request duration, receipt to reply.",
+                     ["model", "protocol", "endpoint"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("perf_predictor_requests_in_flight", "Inference requests being processed.",
+                  ["model", "protocol"], multiprocess_mode="livesum")
+BATCH_SIZE = Histogram("perf_predictor_batch_size", "Series per inference request.",
+                       ["model", "protocol"], buckets=BATCH_BUCKETS)
+SERIES = Counter("perf_predictor_series_forecast", "Series forecast (sum of batch sizes).", ["model", "protocol"])
+CLIENT_ERRORS = Counter("perf_predictor_client_errors", "Rejected inference requests, by reason.",
+                        ["model", "protocol", "reason"])
+LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify and load the model directory.",
+                     ["model"], multiprocess_mode="max")
+MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",
+                   ["model", "version", "trained_at", "window", "horizon", "quantiles", "step_seconds"],
+                   multiprocess_mode="max")
+BACKTEST = Gauge("perf_predictor_model_backtest", "Backtest quality recorded in the model card, overall.",
+                 ["model", "version", "metric"], multiprocess_mode="max")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Live gauges (in-flight) of a worker that died would count forever; counters must stay."""
+    pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "gauge_live*_*.db"))
+            if (m := re.search(r"_(\d+)\.db$", f))}
+    for pid in pids:
+        if not _pid_alive(pid):
+            multiprocess.mark_process_dead(pid, path)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape body: the sum over every process when multiprocess mode is on."""
+    path: Optional[str] = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    _forget_dead_workers(path)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def record_model(name: str, card: dict, load_seconds: float) -> None:
+    LOAD_SECONDS.labels(name).set(load_seconds)
+    version = str(card.get("version", ""))
+    MODEL_INFO.labels(
+        model=name, version=version, trained_at=str(card.get("created_at", "")),
+        window=str(card.get("window", "")), horizon=str(card.get("horizon", "")),
+        quantiles=",".join(f"{q:g}" for q in card.get("quantiles", [])), step_seconds=str(card.get("step_seconds", "")),
+    ).set(1)
+    overall = (card.get("backtest") or {}).get("overall") or {}
+    for metric, value in overall.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            BACKTEST.labels(model=name, version=version, metric=metric).set(float(value))
