@@ -1,45 +1,89 @@
-"""`python -m predictor`: serve a model directory with KServe's ModelServer and KServe's own flags."""
+"""`python -m predictor`: serve a model directory with KServe's ModelServer and KServe's own flags.
+
+Worker processes (`--workers N`) import this module too, so it does nothing at import time.
+"""
 from __future__ import annotations
 
+import argparse
+import atexit
 import os
-
-# One OpenMP/BLAS thread per process unless the operator says otherwise: the forecast thread must not
-# fight the event loop (or other workers) for the cores. Set before numpy/sklearn are imported.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-from kserve import ModelServer, model_server  # noqa: E402
-
-from forecaster.artifact import ModelLoadError  # noqa: E402
-
-from .model import PerfPredictor  # noqa: E402
+import shutil
+import sys
+import tempfile
 
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the model
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-logger = logging.getLogger("perf_predictor")
+
+def prepare_process_environment() -> None:
+    """Before numpy, sklearn or prometheus_client are imported; workers inherit the result."""
+    # One OpenMP/BLAS thread per process unless the operator says otherwise: the forecast thread
+    # must not fight the event loop, or other workers, for the cores.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    # prometheus-client multiprocess mode, in a directory that starts empty.
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+    else:
+        os.environ[MULTIPROC_ENV] = path = tempfile.mkdtemp(prefix="perf-predictor-metrics-")
+        atexit.register(shutil.rmtree, path, True)
+
+
+def env_flag(name: str, default: str) -> str:
+    return os.environ.get(name, default)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    from . import logs
+
     parser = argparse.ArgumentParser(prog="python -m predictor", parents=[model_server.parser])
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="model directory to serve")
-    parser.set_defaults(model_name="perf-predictor")
+    parser.add_argument("--log_level", default=env_flag(logs.LEVEL_ENV, "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help=f"level of the server's own logs (env {logs.LEVEL_ENV})")
+    parser.add_argument("--log_format", default=env_flag(logs.FORMAT_ENV, "text"), choices=["text", "json"],
+                        help=f"text, or one JSON object per line (env {logs.FORMAT_ENV})")
+    parser.add_argument("--request_log", default=env_flag(logs.REQUEST_LOG_ENV, "false"),
+                        type=lambda v: v.lower() in ("1", "true", "yes"),
+                        help=f"log a line per request: access and latency lines (env {logs.REQUEST_LOG_ENV})")
+    parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process_environment()
+    import logging
+
+    from kserve import ModelServer, model_server
+    from kserve import logging as kserve_logging
+
+    from forecaster.artifact import ModelLoadError
+
+    from . import logs
+    from .model import PerfPredictor
+
     args, _ = build_parser().parse_known_args(argv)
+    if args.configure_logging and not args.log_config_file:
+        # KServe reads its module-level args when it starts worker processes: give them the same config.
+        model_server.args.log_config_file = logs.write_config(args.log_level, args.log_format, args.request_log)
+        atexit.register(os.remove, model_server.args.log_config_file)
+        kserve_logging.configure_logging(model_server.args.log_config_file)
+    latency_lines = args.request_log if args.enable_latency_logging is None else args.enable_latency_logging
+
     model = PerfPredictor(args.model_name, args.model_dir)
     try:
         model.load()
     except ModelLoadError as exc:
-        logging.basicConfig(level=logging.INFO)
-        logger.error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
+        logging.getLogger("perf_predictor").error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers).start([model])
+    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
+                enable_latency_logging=latency_lines).start([model])
     return 0
 
 
