@@ -74,7 +74,16 @@ def start_server(model_dir: Path, log_path: Path, *extra: str, env: dict | None 
     return Server(process, http_port, grpc_port, log_path)
 
 
+def _grpc_listening(server: Server) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", server.grpc_port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_ready(server: Server, timeout: float = 60) -> None:
+    """Ready over HTTP, and the gRPC port open: with --workers > 1 KServe starts gRPC after every worker."""
     deadline = time.monotonic() + timeout
     url = f"{server.http_url}/v2/models/{MODEL_NAME}/ready"
     while time.monotonic() < deadline:
@@ -82,7 +91,7 @@ def wait_ready(server: Server, timeout: float = 60) -> None:
             raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and _grpc_listening(server):
                     return
         except OSError:
             pass
