@@ -35,8 +35,9 @@ LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify and lo
 MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",
                    ["model", "version", "trained_at", "window", "horizon", "quantiles", "step_seconds"],
                    multiprocess_mode="max")
-BACKTEST = Gauge("perf_predictor_model_backtest", "Backtest quality recorded in the model card, overall.",
-                 ["model", "version", "metric"], multiprocess_mode="max")
+BACKTEST = Gauge("perf_predictor_model_backtest", "Backtest quality recorded in the model card, overall, "
+                 "for the model (method=\"model\") and each baseline.",
+                 ["model", "version", "method", "metric"], multiprocess_mode="max")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,6 +83,7 @@ def record_model(name: str, card: dict, load_seconds: float) -> None:
         quantiles=",".join(f"{q:g}" for q in card.get("quantiles", [])), step_seconds=str(card.get("step_seconds", "")),
     ).set(1)
     overall = (card.get("backtest") or {}).get("overall") or {}
-    for metric, value in overall.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            BACKTEST.labels(model=name, version=version, metric=metric).set(float(value))
+    for method, scores in overall.items():
+        for metric, value in (scores.items() if isinstance(scores, dict) else ()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                BACKTEST.labels(model=name, version=version, method=method, metric=metric).set(float(value))
