@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--request_log", default=env_flag(logs.REQUEST_LOG_ENV, "false"),
                         type=lambda v: v.lower() in ("1", "true", "yes"),
                         help=f"log a line per request: access and latency lines (env {logs.REQUEST_LOG_ENV})")
+    parser.add_argument("--max_batch_delay_ms", type=float, default=0.0,
+                        help="hold a micro-batch open this long for more requests (0: batch only what "
+                             "arrives while the previous predict runs)")
+    parser.add_argument("--max_batch_series", type=int, default=4096,
+                        help="most series per micro-batch (a larger single request still goes whole)")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         kserve_logging.configure_logging(model_server.args.log_config_file)
     latency_lines = args.request_log if args.enable_latency_logging is None else args.enable_latency_logging
 
-    model = PerfPredictor(args.model_name, args.model_dir)
+    model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series)
     try:
         model.load()
     except ModelLoadError as exc:

@@ -5,9 +5,11 @@ and gRPC INVALID_ARGUMENT with the same message. Each error carries a short `rea
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
@@ -73,6 +75,129 @@ def decode_v2(request: InferRequest, window: int) -> np.ndarray:
     return check_history(history.reshape(shape), window)
 
 
+@dataclass
+class V2Reply:
+    """What a v2 REST request asks of the reply: its id, which outputs, and which of them in binary."""
+
+    request_id: Optional[str]
+    outputs: Optional[list[tuple[str, bool]]]  # requested (name, binary); None: all outputs
+    binary_default: bool
+
+
+def _malformed(message: str) -> RequestError:
+    return RequestError("malformed_body", f"malformed request body: {message}")
+
+
+def _binary_size(tensor: dict) -> Optional[int]:
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _malformed(f"'parameters' of input '{tensor.get('name')}' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise _malformed("binary_data_size must be a non-negative integer")
+    return size
+
+
+def decode_v2_body(body: bytes, json_length: Optional[int], window: int) -> tuple[np.ndarray, V2Reply]:
+    """A v2 REST infer body, JSON or with the binary tensor extension, straight to numpy.
+
+    The same checks and messages as `decode_v2`, without building pydantic models for every number.
+    """
+    if json_length is not None and not 0 < json_length <= len(body):
+        raise _malformed(f"Inference-Header-Content-Length {json_length} does not fit a body of {len(body)} bytes")
+    try:
+        header = orjson.loads(body if json_length is None else body[:json_length])
+    except orjson.JSONDecodeError:
+        raise RequestError("malformed_body", "the body is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _malformed("expected a JSON object with 'inputs'")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+        raise _malformed("'inputs' must be a list of tensors")
+    if not inputs:
+        raise RequestError("missing_input", f"the request has no inputs; send one input named '{INPUT_NAME}'")
+    names = [t.get("name") for t in inputs]
+    unknown = [n for n in names if n != INPUT_NAME]
+    if unknown:
+        raise RequestError("unknown_input", f"unknown input {unknown[0]!r}: this model takes one input named '{INPUT_NAME}'")
+    if len(names) > 1:
+        raise RequestError("duplicate_input", f"input '{INPUT_NAME}' is given {len(names)} times")
+    tensor = inputs[0]
+    datatype, shape = tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise _malformed(f"input '{INPUT_NAME}' needs a 'shape' of non-negative integers")
+    if datatype not in INPUT_DATATYPES:
+        raise RequestError("wrong_datatype", f"input '{INPUT_NAME}' has datatype {datatype}; send FP32 or FP64")
+    if len(shape) != 2:
+        raise RequestError("wrong_rank", f"input '{INPUT_NAME}' must have shape [batch, length], got shape {shape}")
+    dtype = np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
+    size = _binary_size(tensor)
+    if size is not None:
+        raw = body[json_length:] if json_length is not None else b""
+        if size != len(raw) or size != shape[0] * shape[1] * dtype.itemsize:
+            raise RequestError(
+                "malformed_tensor",
+                f"input '{INPUT_NAME}' has {len(raw)} bytes of binary data ({size} declared); "
+                f"shape {shape} of {datatype} needs {shape[0] * shape[1] * dtype.itemsize}",
+            )
+        history = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise _malformed(f"input '{INPUT_NAME}' has no 'data' (and no binary_data_size)")
+        try:
+            history = np.asarray(data, dtype=np.float64).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise RequestError(
+                "malformed_tensor", f"input '{INPUT_NAME}' data does not match its shape {shape}: {exc}"
+            ) from None
+    return check_history(history, window), _v2_reply(header)
+
+
+def _v2_reply(header: dict) -> V2Reply:
+    params = header.get("parameters") or {}
+    binary_default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    requested = header.get("outputs")
+    outputs = None
+    if requested is not None:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                      for o in requested):
+            raise _malformed("'outputs' must be a list of objects with a 'name'")
+        outputs = []
+        for o in requested:
+            o_params = o.get("parameters") or {}
+            binary = o_params.get("binary_data", binary_default) if isinstance(o_params, dict) else binary_default
+            outputs.append((o["name"], bool(binary)))
+    request_id = header.get("id")
+    return V2Reply(str(request_id) if request_id is not None else None, outputs, binary_default)
+
+
+def encode_v2_body(reply: V2Reply, model_name: str, model_version: str, names: Sequence[str],
+                   forecasts: np.ndarray) -> tuple[bytes, Optional[int]]:
+    """The v2 REST reply: (body, JSON header length when outputs are binary, else None)."""
+    by_name = dict(zip(names, forecasts))
+    wanted = reply.outputs if reply.outputs is not None else [(n, reply.binary_default) for n in names]
+    outputs, raw = [], []
+    for name, binary in wanted:
+        if name not in by_name:
+            raise RequestError("unknown_output", f"unknown output {name!r}: this model has {', '.join(names)}")
+        block = np.ascontiguousarray(by_name[name], dtype="<f4")
+        entry: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPE, "shape": list(block.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": block.nbytes}
+            raw.append(block.tobytes())
+        else:
+            entry["data"] = block.ravel()
+        outputs.append(entry)
+    reply_json = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if reply.request_id is not None:
+        reply_json["id"] = reply.request_id
+    header = orjson.dumps(reply_json, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not raw:
+        return header, None
+    return header + b"".join(raw), len(header)
+
+
 def decode_v1(payload: Any, window: int) -> np.ndarray:
     if not isinstance(payload, dict):
         raise RequestError("not_json", 'the body must be a JSON object like {"instances": [[...], ...]}')
@@ -103,12 +228,13 @@ def decode_v1(payload: Any, window: int) -> np.ndarray:
 
 def encode_v2(request: InferRequest, model_name: str, model_version: str, names: Sequence[str],
               forecasts: np.ndarray) -> InferResponse:
-    """forecasts: [n_quantiles, batch, horizon]. Data goes out as lists: KServe 0.21's gRPC encoder
-    cannot take numpy arrays of more than one element, and lists serve REST JSON and binary alike."""
-    outputs = [
-        InferOutput(name=name, shape=list(block.shape), datatype=OUTPUT_DATATYPE, data=block.ravel().tolist())
-        for name, block in zip(names, forecasts)
-    ]
+    """forecasts: [n_quantiles, batch, horizon]. Data goes out as raw bytes: KServe 0.21's gRPC encoder
+    cannot take numpy arrays of more than one element, and raw bytes serve gRPC and REST alike."""
+    outputs = []
+    for name, block in zip(names, forecasts):
+        output = InferOutput(name=name, shape=list(block.shape), datatype=OUTPUT_DATATYPE)
+        output.set_data_from_numpy(np.ascontiguousarray(block, dtype=np.float32), binary_data=True)
+        outputs.append(output)
     return InferResponse(
         response_id=request.id or "",
         model_name=model_name,

@@ -26,6 +26,8 @@ FALLBACK_REASONS = {400: "invalid_request", 404: "unknown_model", 413: "too_larg
 
 # Set by the metrics middleware for the request in progress; the model writes the 4xx reason into it.
 request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request", default=None)
+# name -> the model object serving it in this process (PerfPredictor registers itself)
+SERVED: dict = {}
 _installed = False
 
 
@@ -45,9 +47,8 @@ class JsonContentTypeMiddleware:
 
 
 class MetricsMiddleware:
-    def __init__(self, app, served_models: frozenset[str]):
+    def __init__(self, app):
         self.app = app
-        self.served_models = served_models
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -61,7 +62,7 @@ class MetricsMiddleware:
         if not match:
             return await self.app(scope, receive, send)
         name = match.group("v2") or match.group("v1")
-        model = name if name in self.served_models else "unknown"
+        model = name if name in SERVED else "unknown"  # no label per made-up path
         endpoint = "v2_infer" if match.group("v2") else "v1_predict"
         state = {"status": 500, "reason": None}
         token = request_state.set(state)
@@ -109,12 +110,16 @@ async def validation_error_handler(_request, exc: RequestValidationError) -> JSO
     return JSONResponse(status_code=400, content={"error": _describe(exc)})
 
 
-def install(served_models: frozenset[str]) -> None:
+def install() -> None:
     """Idempotent; must run in every process that serves REST (see PerfPredictor.__setstate__)."""
     global _installed
     if _installed:
         return
+    from .fastpath import V2InferFastPath
+
+    # Starlette puts the last added outermost: metrics see everything, then content type, then the fast path.
+    model_server.app.add_middleware(V2InferFastPath)
     model_server.app.add_middleware(JsonContentTypeMiddleware)
-    model_server.app.add_middleware(MetricsMiddleware, served_models=served_models)
+    model_server.app.add_middleware(MetricsMiddleware)
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     _installed = True

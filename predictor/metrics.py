@@ -27,6 +27,8 @@ IN_FLIGHT = Gauge("perf_predictor_requests_in_flight", "Inference requests being
                   ["model", "protocol"], multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("perf_predictor_batch_size", "Series per inference request.",
                        ["model", "protocol"], buckets=BATCH_BUCKETS)
+PREDICT_BATCH = Histogram("perf_predictor_predict_batch_series", "Series per model predict call, after "
+                          "micro-batching concurrent requests together.", ["model"], buckets=BATCH_BUCKETS)
 SERIES = Counter("perf_predictor_series_forecast", "Series forecast (sum of batch sizes).", ["model", "protocol"])
 CLIENT_ERRORS = Counter("perf_predictor_client_errors", "Rejected inference requests, by reason.",
                         ["model", "protocol", "reason"])

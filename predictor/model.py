@@ -1,15 +1,14 @@
-"""The KServe model: load a verified model directory, forecast off the event loop."""
+"""The KServe model: load a verified model directory, forecast in micro-batches off the event loop."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional
 
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
+from kserve.metrics import PREDICT_HIST_TIME, get_labels
 from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferRequest
 
@@ -17,26 +16,33 @@ from forecaster import artifact
 from forecaster.model import QuantileForecaster
 
 from . import codec, http, metrics
+from .batching import MicroBatcher
 
 logger = logging.getLogger("perf_predictor")
 
 
 class PerfPredictor(Model):
-    def __init__(self, name: str, model_dir: str):
+    def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096):
         super().__init__(name)
         self.model_dir = model_dir
+        self.max_batch_delay_ms = max_batch_delay_ms
+        self.max_batch_series = max_batch_series
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
-        self._executor: Optional[ThreadPoolExecutor] = None
-        http.install(frozenset({name}))
+        self._batcher: Optional[MicroBatcher] = None
+        self._register()
+
+    def _register(self) -> None:
+        http.SERVED[self.name] = self
+        http.install()
 
     def __getstate__(self) -> dict:
-        # --workers > 1 pickles the loaded model into each worker process; executors do not travel.
-        return {**self.__dict__, "_executor": None}
+        # --workers > 1 pickles the loaded model into each worker process; threads do not travel.
+        return {**self.__dict__, "_batcher": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        http.install(frozenset({self.name}))  # each worker process has its own FastAPI app
+        self._register()  # each worker process has its own FastAPI app
 
     def load(self) -> bool:
         """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load."""
@@ -65,6 +71,23 @@ class PerfPredictor(Model):
         return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
                 for n in self.forecaster.spec.output_names]
 
+    async def forecast(self, history: np.ndarray, protocol: str) -> np.ndarray:
+        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting."""
+        metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
+        metrics.SERIES.labels(self.name, protocol).inc(len(history))
+        if self._batcher is None:
+            self._batcher = MicroBatcher(self.forecaster.predict, self.max_batch_delay_ms / 1000,
+                                         self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe)
+        return await self._batcher.forecast(history)
+
+    async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
+        """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""
+        spec = self.forecaster.spec
+        history, reply = codec.decode_v2_body(body, json_length, spec.window)
+        with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():
+            forecasts = await self.forecast(history, "rest")
+        return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
+
     async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
                        verb: InferenceVerb = InferenceVerb.PREDICT):
         if not (isinstance(body, InferRequest) and body.from_grpc):
@@ -92,20 +115,11 @@ class PerfPredictor(Model):
             in_flight.dec()
             http.record(self.name, "grpc", "v2_infer", status, reason, time.perf_counter() - started)
 
-    async def _forecast(self, history: np.ndarray, protocol: str) -> np.ndarray:
-        metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
-        metrics.SERIES.labels(self.name, protocol).inc(len(history))
-        # One dedicated thread: the event loop keeps answering health checks while trees run,
-        # and requests never compete for cores with each other's OpenMP teams.
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.forecaster.predict, history)
-
     async def predict(self, payload: Any, headers: Dict[str, str] = None) -> Any:
         window, names = self.forecaster.spec.window, self.forecaster.spec.output_names
         if isinstance(payload, InferRequest):
             protocol = "grpc" if payload.from_grpc else "rest"
-            forecasts = await self._forecast(codec.decode_v2(payload, window), protocol)
+            forecasts = await self.forecast(codec.decode_v2(payload, window), protocol)
             return codec.encode_v2(payload, self.name, self.version, names, forecasts)
-        forecasts = await self._forecast(codec.decode_v1(payload, window), "rest")
+        forecasts = await self.forecast(codec.decode_v1(payload, window), "rest")
         return codec.encode_v1(names, forecasts)

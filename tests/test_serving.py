@@ -293,3 +293,61 @@ def test_health_answers_while_a_large_batch_is_forecast(server, window):
     worker.join()
     assert not errors, errors
     assert answered_during >= 3, f"only {answered_during} health checks answered during the batch"
+
+
+def post_raw(server, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"{server.http_url}/v2/models/{MODEL_NAME}/infer", data=body, method="POST",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def test_v2_id_requested_outputs_and_mixed_binary(server, window, horizon):
+    """The protocol's reply options: id echoed, only the requested outputs, binary per output."""
+    data = histories(2, window, seed=4)
+    header = json.dumps({
+        "id": "req-42",
+        "inputs": [{"name": "history", "datatype": "FP32", "shape": [2, window],
+                    "parameters": {"binary_data_size": data.nbytes}}],
+        "outputs": [{"name": "p90", "parameters": {"binary_data": True}}, {"name": "p10"}],
+    }).encode()
+    status, headers, body = post_raw(server, header + data.tobytes(),
+                                     {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 200, body
+    json_length = int(headers["inference-header-content-length"])
+    reply = json.loads(body[:json_length])
+    assert reply["id"] == "req-42" and [o["name"] for o in reply["outputs"]] == ["p90", "p10"]
+    p90 = np.frombuffer(body[json_length:], dtype="<f4").reshape(2, horizon)
+    p10 = np.array(reply["outputs"][1]["data"], dtype=np.float32).reshape(2, horizon)
+    reference = triton_grpc(server, data)
+    np.testing.assert_allclose(p90, reference["p90"], rtol=1e-6)
+    np.testing.assert_allclose(p10, reference["p10"], rtol=1e-6)
+
+
+BINARY_BAD = {
+    "declared size differs from the bytes sent": (lambda w, raw: (raw[:-4], len(raw)), "bytes of binary data"),
+    "size does not fit the shape": (lambda w, raw: (raw + raw[:4], len(raw) + 4), "needs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BINARY_BAD))
+def test_v2_binary_tensor_mistakes_are_400(server, window, case):
+    make, expected = BINARY_BAD[case]
+    raw, declared = make(window, histories(1, window).tobytes())
+    header = json.dumps({"inputs": [{"name": "history", "datatype": "FP32", "shape": [1, window],
+                                     "parameters": {"binary_data_size": declared}}]}).encode()
+    status, _, body = post_raw(server, header + raw, {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and expected in json.loads(body)["error"]
+
+
+def test_v2_unknown_output_and_bad_binary_header_are_400(server, window):
+    status, _, body = post_raw(server, v2_body(window)[:-1] + b', "outputs": [{"name": "p99"}]}',
+                               {"Content-Type": "application/json"})
+    assert status == 400 and "unknown output 'p99'" in json.loads(body)["error"]
+    status, _, body = post_raw(server, v2_body(window), {"Inference-Header-Content-Length": "ten"})
+    assert status == 400 and "must be an integer" in json.loads(body)["error"]
+    status, _, body = post_raw(server, v2_body(window), {"Inference-Header-Content-Length": "999999"})
+    assert status == 400 and "does not fit" in json.loads(body)["error"]

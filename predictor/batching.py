@@ -1,0 +1,77 @@
+"""Cross-request micro-batching: concurrent forecasts share one predict call.
+
+Tree ensembles cost about the same per call whatever the batch size, so requests that arrive while
+a predict is running wait for it to finish and then go together in the next one. A lone request
+starts at once (no added latency); `max_delay` optionally holds a batch open a little longer.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numpy as np
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class MicroBatcher:
+    def __init__(self, predict: Predict, max_delay_s: float = 0.0, max_series: int = 4096,
+                 on_batch: Callable[[int], None] = lambda n_series: None):
+        self.predict = predict
+        self.on_batch = on_batch
+        self.max_delay_s = max_delay_s
+        self.max_series = max_series
+        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._worker: Optional[asyncio.Task] = None
+        # One thread runs every predict: the event loop stays free, and requests never compete for
+        # the cores with each other's OpenMP teams.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+
+    async def forecast(self, windows: np.ndarray) -> np.ndarray:
+        """windows [n, W] -> the predict function's output for them, [q, n, h]."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._run())
+        future = loop.create_future()
+        self._pending.append((windows, future))
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        batch, rows = [], 0
+        while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_series):
+            item = self._pending.pop(0)
+            if item[1].cancelled():
+                continue
+            batch.append(item)
+            rows += len(item[0])
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                if self.max_delay_s > 0 and sum(len(w) for w, _ in self._pending) < self.max_series:
+                    await asyncio.sleep(self.max_delay_s)
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                windows = batch[0][0] if len(batch) == 1 else np.concatenate([w for w, _ in batch])
+                self.on_batch(len(windows))
+                try:
+                    result = await loop.run_in_executor(self._executor, self.predict, windows)
+                except Exception as exc:  # surfaced to every request of the batch
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for w, future in batch:
+                    if not future.done():
+                        future.set_result(result[:, start : start + len(w)])
+                    start += len(w)

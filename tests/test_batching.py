@@ -1,0 +1,100 @@
+"""Micro-batching: concurrent forecasts share predict calls and each gets exactly its own rows back."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from predictor.batching import MicroBatcher
+
+
+class SlowModel:
+    """Stands in for the forecaster's cost profile: a fixed cost per call, whatever the batch."""
+
+    def __init__(self, seconds: float = 0.05):
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        self.batches.append(len(windows))
+        time.sleep(self.seconds)
+        return np.stack([windows[:, :2] * 1.0, windows[:, :2] * 2.0])  # [q=2, n, h=2], traceable per row
+
+
+def rows(start: int, n: int) -> np.ndarray:
+    return np.arange(start, start + n, dtype=float)[:, None] * np.ones((1, 4))
+
+
+def test_concurrent_requests_share_predict_calls_and_get_their_own_rows():
+    model = SlowModel()
+    sizes: list[int] = []
+    batcher = MicroBatcher(model, on_batch=sizes.append)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.forecast(rows(0, 1)))
+        await asyncio.sleep(0.01)  # the first predict is running now; these queue behind it
+        rest = [asyncio.create_task(batcher.forecast(rows(100 * i, 3))) for i in range(1, 9)]
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(scenario())
+    assert model.batches == [1, 24] and sizes == [1, 24]
+    np.testing.assert_array_equal(first[1], rows(0, 1)[:, :2] * 2)
+    for i, out in enumerate(rest, start=1):
+        assert out.shape == (2, 3, 2)
+        np.testing.assert_array_equal(out[0], rows(100 * i, 3)[:, :2])
+
+
+def test_batches_respect_the_series_limit_but_never_split_a_request():
+    model = SlowModel(0.02)
+    batcher = MicroBatcher(model, max_series=10)
+
+    async def scenario():
+        blocker = asyncio.create_task(batcher.forecast(rows(0, 1)))
+        await asyncio.sleep(0.005)
+        waiting = [asyncio.create_task(batcher.forecast(rows(0, n))) for n in (4, 4, 4, 25)]
+        await asyncio.gather(blocker, *waiting)
+
+    asyncio.run(scenario())
+    assert model.batches == [1, 8, 4, 25]
+
+
+def test_max_delay_gathers_requests_that_arrive_slightly_apart():
+    model = SlowModel(0.0)
+    batcher = MicroBatcher(model, max_delay_s=0.05)
+
+    async def scenario():
+        tasks = [asyncio.create_task(batcher.forecast(rows(0, 1)))]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(batcher.forecast(rows(0, 2))))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert model.batches == [3]
+
+
+def test_a_failing_predict_fails_every_request_of_its_batch_and_the_next_batch_still_runs():
+    calls = []
+
+    def flaky(windows):
+        calls.append(len(windows))
+        time.sleep(0.02)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return np.stack([windows[:, :2]])
+
+    batcher = MicroBatcher(flaky)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.forecast(rows(0, 1)))
+        await asyncio.sleep(0.005)
+        doomed = [asyncio.create_task(batcher.forecast(rows(0, 1))) for _ in range(2)]
+        await first
+        results = await asyncio.gather(*doomed, return_exceptions=True)
+        after = await batcher.forecast(rows(5, 1))
+        return results, after
+
+    results, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    np.testing.assert_array_equal(after[0], rows(5, 1)[:, :2])
