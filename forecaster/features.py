@@ -13,7 +13,10 @@ N_LAGS = 24
 MEAN_SPANS = (3, 6, 12, 36, 72, SEASON)
 STD_SPANS = (12, 72, SEASON)
 SEASONAL_HALF_WIDTH = 3
-FEATURE_VERSION = 1
+ANCHOR_POINTS = 3
+# 2: the model predicts each future point relative to the anchor (mean of the last ANCHOR_POINTS
+#    points, scaled), and forecasts of a window that never went negative are clipped at 0.
+FEATURE_VERSION = 2
 
 
 def min_window(horizon: int) -> int:
@@ -25,6 +28,15 @@ def series_levels(windows: np.ndarray) -> np.ndarray:
     """Mean absolute value over the last day of each window; 1 where a series is flat zero."""
     level = np.abs(windows[:, -SEASON:]).mean(axis=1)
     return np.where(level > 1e-9, level, 1.0)
+
+
+def anchors(windows: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """What the model's scaled targets are relative to: the mean of the last few points over the level.
+
+    Predicting the change from "where the series is now" rather than its absolute scaled value lets
+    the trees spend their splits on the shape of the next hour instead of on every possible level.
+    """
+    return np.asarray(windows, dtype=np.float64)[:, -ANCHOR_POINTS:].mean(axis=1) / levels
 
 
 def feature_names(horizon: int) -> list[str]:

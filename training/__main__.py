@@ -6,7 +6,7 @@ import sys
 
 from forecaster.model import TrainingParams
 
-from .sources import csv_files, synthetic
+from . import sources
 from .train import train
 
 
@@ -19,8 +19,10 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    p.add_argument("--data", help="a CSV file or a directory of CSVs (timestamp,value); "
-                                  "without it, the built-in synthetic workload")
+    sources.add_arguments(p)
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="train on the first 1-HOLDOUT of every series and keep the rest for "
+                        "`python -m training.evaluate` (e.g. 0.2; default 0: train on everything)")
     p.add_argument("--out", default="models/default", help="model directory to write")
     p.add_argument("--name", default="perf-predictor", help="model name recorded in the card")
     p.add_argument("--version", help="model version (default: UTC time of training)")
@@ -29,19 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", type=parse_quantiles, default=(0.1, 0.5, 0.9))
     p.add_argument("--max-iter", type=int, default=TrainingParams.max_iter, help="boosting rounds per quantile")
     p.add_argument("--stride", type=int, default=TrainingParams.stride, help="points between training origins")
+    p.add_argument("--jobs", type=int, default=0, help="processes fitting quantiles in parallel (0: one per core)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.data:
-            series, source = csv_files.load(args.data), f"csv:{args.data}"
-        else:
-            series, source = synthetic.generate(), "synthetic"
+        series, source = sources.load(args)
         train(series, args.out, source=source, name=args.name, version=args.version, window=args.window,
               horizon=args.horizon, quantiles=args.quantiles,
-              params=TrainingParams(max_iter=args.max_iter, stride=args.stride))
+              params=TrainingParams(max_iter=args.max_iter, stride=args.stride, jobs=args.jobs), holdout=args.holdout)
     except (OSError, ValueError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 2

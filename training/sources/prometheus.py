@@ -1,0 +1,132 @@
+"""A Prometheus server's history through the HTTP API's range query (`/api/v1/query_range`).
+
+`load(url, query, start, end, step)` returns one `Series` per label set the query returns, named
+from its labels (`up{instance="a:9100",job="node"}`). Prometheus refuses a range query that would
+return more than 11,000 points per series, so the range is fetched in pages of at most
+`MAX_POINTS_PER_PAGE` steps and the pages are joined per label set. Every series then goes through
+the common gap policy (`base.regularize`) at the query's step: short gaps (a missed scrape, a
+restart) are interpolated and long ones split the series.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .base import Series, regularize
+
+MAX_POINTS_PER_PAGE = 10_000  # the server's limit is 11,000 points per series per query
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration(text: str) -> float:
+    """Prometheus durations ('5m', '1h30m', '90s') or plain seconds ('300') -> seconds."""
+    text = str(text).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"cannot parse duration {text!r} (use e.g. 5m, 1h, 300)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """RFC 3339 / ISO 8601, Unix seconds, 'now', or relative to now ('-14d', 'now-2h') -> Unix seconds."""
+    now = time.time() if now is None else now
+    text = str(text).strip()
+    if text == "now":
+        return now
+    relative = text[3:] if text.startswith("now") else text
+    if relative.startswith("-") and relative[1:2].isdigit() and not relative[1:].replace(".", "").isdigit():
+        return now - parse_duration(relative[1:])
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"cannot parse time {text!r} (use RFC 3339, Unix seconds, now or -14d)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+def series_name(labels: dict[str, str]) -> str:
+    name = labels.get("__name__", "")
+    rest = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+    return f"{name}{{{rest}}}" if rest or not name else name
+
+
+def _query_range(base_url: str, query: str, start: float, end: float, step: float, timeout: float) -> list[dict]:
+    url = base_url.rstrip("/") + "/api/v1/query_range"
+    body = urllib.parse.urlencode({"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                   "step": f"{step:g}"}).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            payload = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            detail = ""
+        raise ValueError(f"Prometheus at {base_url} refused the query ({exc.code}): {detail or exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise OSError(f"cannot reach Prometheus at {base_url}: {exc.reason}") from None
+    if payload.get("status") != "success":
+        raise ValueError(f"Prometheus query failed: {payload.get('error', payload)}")
+    data = payload["data"]
+    if data.get("resultType") != "matrix":
+        raise ValueError(f"expected a range vector (matrix) result, got {data.get('resultType')}")
+    return data["result"]
+
+
+def fetch(base_url: str, query: str, start: float, end: float, step: float, timeout: float = 60,
+          max_points: int = MAX_POINTS_PER_PAGE) -> dict[tuple, tuple[dict, np.ndarray, np.ndarray]]:
+    """Raw points per label set, paging through the range: {key: (labels, epoch_seconds, values)}."""
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if end < start:
+        raise ValueError("end is before start")
+    collected: dict[tuple, tuple[dict, list, list]] = {}
+    page_start = start
+    while page_start <= end:
+        page_end = min(end, page_start + (max_points - 1) * step)
+        for item in _query_range(base_url, query, page_start, page_end, step, timeout):
+            labels = item.get("metric", {})
+            key = tuple(sorted(labels.items()))
+            entry = collected.setdefault(key, (labels, [], []))
+            for stamp, value in item.get("values", []):
+                entry[1].append(float(stamp))
+                entry[2].append(float(value))  # 'NaN', '+Inf' parse; the gap policy drops them
+        page_start = page_end + step
+    return {k: (labels, np.array(ts), np.array(vs)) for k, (labels, ts, vs) in collected.items()}
+
+
+def load(base_url: str, query: str, start: str | float, end: str | float = "now", step: str | float = "5m",
+         max_points: int = MAX_POINTS_PER_PAGE) -> list[Series]:
+    step_seconds = parse_duration(str(step))
+    if step_seconds < 1 or not float(step_seconds).is_integer():
+        raise ValueError(f"step must be a whole number of seconds, got {step!r}")
+    now = time.time()
+    t0, t1 = parse_time(str(start), now), parse_time(str(end), now)
+    raw = fetch(base_url, query, t0, t1, step_seconds, max_points=max_points)
+    if not raw:
+        raise ValueError(f"query {query!r} returned no series between {start} and {end}")
+    series: list[Series] = []
+    for labels, stamps, values in sorted(raw.values(), key=lambda item: series_name(item[0])):
+        order = np.argsort(stamps, kind="stable")
+        series.extend(regularize(series_name(labels), np.rint(stamps[order]).astype(np.int64), values[order],
+                                 step_seconds=int(step_seconds)))
+    return series
