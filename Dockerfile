@@ -27,19 +27,23 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 
 # Dependencies first, from pyproject.toml alone: this layer is reused until the dependencies change.
-COPY pyproject.toml README* ./
+COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install --only-binary=:all: -r /tmp/requirements.txt
 
-# The project itself, as a wheel (no dependencies: they are all in already).
+# The default model (offline, built-in synthetic workload) where the predictor loads by default. It
+# depends on forecaster/ and training/ only, so editing predictor/ does not retrain it.
 COPY forecaster ./forecaster
-COPY predictor ./predictor
 COPY training ./training
+RUN python -m training --out /mnt/models
+
+# The project itself, as a wheel (no dependencies: they are all in already); then trim the venv.
+COPY predictor ./predictor
+COPY pyproject.toml README* LICENSE* ./
 RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && pip install --no-deps /tmp/wheels/*.whl \
-    && python -m training --out /mnt/models \
-    && pip uninstall --yes pip setuptools wheel \
+    && pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
     && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
 
