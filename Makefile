@@ -31,6 +31,9 @@ serve: $(VENV)/.installed $(MODEL_DIR)/model-card.json
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 render-manifests:
 	bash manifests/render.sh
 
