@@ -9,7 +9,8 @@
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST
 #                  passed to the build when set in the environment (http/https indexes only), for
 #                  builds behind a package mirror
-#   METRICS_FILE   if set, write {"image", "size_bytes", "build_seconds", "base_image"} there as JSON
+#   METRICS_FILE   if set, write {"image", "target", "base_image", "base_image_seconds" (0 when it was
+#                  already there), "size_bytes", "build_seconds" (docker build alone)} there as JSON
 #   DOCKER_BUILD_FLAGS  extra flags for `docker build` (e.g. --no-cache, --pull)
 set -euo pipefail
 
@@ -23,12 +24,15 @@ local_base=perf-predictor-base:bookworm
 docker info >/dev/null 2>&1 || { echo "build-image: no Docker engine reachable (bash scripts/start-dockerd.sh starts one)" >&2; exit 1; }
 
 base=${BASE_IMAGE:-}
+base_seconds=0
 if [ -z "$base" ]; then
     if docker image inspect "$official" >/dev/null 2>&1 || timeout 120 docker pull -q "$official" >/dev/null 2>&1; then
         base=$official
     else
         echo "build-image: $official cannot be pulled; using the local base $local_base"
+        base_start=$(date +%s)
         BASE_IMAGE=$local_base bash "$here/build-base-image.sh"
+        base_seconds=$(( $(date +%s) - base_start ))
         base=$local_base
     fi
 fi
@@ -58,6 +62,6 @@ echo "build-image: $image built in ${seconds}s, $(awk -v s="$size" 'BEGIN {print
 
 if [ -n "${METRICS_FILE:-}" ]; then
     mkdir -p "$(dirname "$METRICS_FILE")"
-    printf '{"image": "%s", "target": "%s", "base_image": "%s", "size_bytes": %s, "build_seconds": %s}\n' \
-        "$image" "$target" "$base" "$size" "$seconds" >"$METRICS_FILE"
+    printf '{"image": "%s", "target": "%s", "base_image": "%s", "base_image_seconds": %s, "size_bytes": %s, "build_seconds": %s}\n' \
+        "$image" "$target" "$base" "$base_seconds" "$size" "$seconds" >"$METRICS_FILE"
 fi
