@@ -24,6 +24,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
 from . import features
+from .compiled import CompiledTrees
 
 
 def quantile_name(q: float) -> str:
@@ -125,6 +126,15 @@ class QuantileForecaster:
             raise ValueError(f"expected {len(spec.quantiles)} estimators, got {len(estimators)}")
         self.spec = spec
         self.estimators = list(estimators)
+        self._trees: CompiledTrees | None = None
+
+    def compile(self, threads: int = 1) -> "QuantileForecaster":
+        """Flatten the trees and JIT-compile the walker now (once per process), not on the first request."""
+        self._trees = CompiledTrees(self.estimators)
+        self.predict(np.ones((1, self.spec.window)))
+        if threads > 1:
+            self.predict(np.ones((64, self.spec.window)), threads=threads)  # the parallel walker
+        return self
 
     @classmethod
     def fit(
@@ -179,12 +189,16 @@ class QuantileForecaster:
         estimators = [fitted[q] for q in spec.quantiles]
         return cls(spec, estimators)
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """Forecast quantiles for windows [n, >=window] -> float32 [n_quantiles, n, horizon], never crossing."""
+    def predict(self, windows: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Forecast quantiles for windows [n, >=window] -> float32 [n_quantiles, n, horizon], never crossing.
+
+        `threads` > 1 lets a large batch use more cores."""
         windows = np.asarray(windows, dtype=np.float64)[:, -self.spec.window :]
         x, levels = features.make_features(windows, self.spec.horizon)
         n, h = len(windows), self.spec.horizon
-        scaled = np.stack([est.predict(x).reshape(n, h) for est in self.estimators])
+        if self._trees is None:
+            self._trees = CompiledTrees(self.estimators)
+        scaled = self._trees.predict(x, threads).reshape(len(self.estimators), n, h)
         scaled += features.anchors(windows, levels)[None, :, None]
         scaled.sort(axis=0)  # monotone rearrangement: quantile order holds at every step
         out = scaled * levels[None, :, None]

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "arrives while the previous predict runs)")
     parser.add_argument("--max_batch_series", type=int, default=4096,
                         help="most series per micro-batch (a larger single request still goes whole)")
+    parser.add_argument("--predict_threads", type=int, default=None,
+                        help="threads one large batch may use (default: cores / workers)")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         kserve_logging.configure_logging(model_server.args.log_config_file)
     latency_lines = args.request_log if args.enable_latency_logging is None else args.enable_latency_logging
 
-    model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series)
+    threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads)
     try:
         model.load()
     except ModelLoadError as exc:

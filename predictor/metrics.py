@@ -32,7 +32,7 @@ PREDICT_BATCH = Histogram("perf_predictor_predict_batch_series", "Series per mod
 SERIES = Counter("perf_predictor_series_forecast", "Series forecast (sum of batch sizes).", ["model", "protocol"])
 CLIENT_ERRORS = Counter("perf_predictor_client_errors", "Rejected inference requests, by reason.",
                         ["model", "protocol", "reason"])
-LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify and load the model directory.",
+LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify, load and compile the model.",
                      ["model"], multiprocess_mode="max")
 MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",
                    ["model", "version", "trained_at", "window", "horizon", "quantiles", "step_seconds"],

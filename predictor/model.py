@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -22,9 +23,11 @@ logger = logging.getLogger("perf_predictor")
 
 
 class PerfPredictor(Model):
-    def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096):
+    def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096,
+                 predict_threads: int = 1):
         super().__init__(name)
         self.model_dir = model_dir
+        self.predict_threads = predict_threads
         self.max_batch_delay_ms = max_batch_delay_ms
         self.max_batch_series = max_batch_series
         self.forecaster: Optional[QuantileForecaster] = None
@@ -43,11 +46,15 @@ class PerfPredictor(Model):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._register()  # each worker process has its own FastAPI app
+        if self.forecaster is not None:
+            self.forecaster.compile(self.predict_threads)  # JIT once per process, before the first request
 
     def load(self) -> bool:
-        """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load."""
+        """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load and the
+        trees compiled."""
         started = time.perf_counter()
         self.forecaster, self.card = artifact.load(self.model_dir)
+        self.forecaster.compile(self.predict_threads)
         seconds = time.perf_counter() - started
         metrics.record_model(self.name, self.card, seconds)
         spec = self.forecaster.spec
@@ -76,7 +83,8 @@ class PerfPredictor(Model):
         metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
         metrics.SERIES.labels(self.name, protocol).inc(len(history))
         if self._batcher is None:
-            self._batcher = MicroBatcher(self.forecaster.predict, self.max_batch_delay_ms / 1000,
+            self._batcher = MicroBatcher(partial(self.forecaster.predict, threads=self.predict_threads),
+                                         self.max_batch_delay_ms / 1000,
                                          self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe)
         return await self._batcher.forecast(history)
 
