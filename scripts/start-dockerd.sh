@@ -33,21 +33,46 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# Another start may be under way (pid file present and alive): only wait for it.
+# A dockerd already starting (pid file naming a live, non-zombie dockerd) is waited for; otherwise
+# (none, or a stale pid file left by a killed engine) one is started. If the one we waited for dies,
+# we start our own.
 pidfile=/var/run/docker.pid
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    echo "start-dockerd: dockerd (pid $(cat "$pidfile")) is starting; waiting for it"
-else
-    rm -f "$pidfile"
-    echo "start-dockerd: starting dockerd (log: $log)"
-    # setsid: the engine outlives this shell and is not in its process group.
-    setsid nohup dockerd >"$log" 2>&1 </dev/null &
-fi
+dockerd_alive() {
+    local pid
+    pid=$(cat "$pidfile" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] \
+        && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
+own=""      # pid of the dockerd this script started
+waiting=""  # set once we have reported waiting for someone else's
+attempts=0
 for _ in $(seq 1 "$timeout"); do
     if docker info >/dev/null 2>&1; then
         echo "start-dockerd: Docker engine is up ($(docker version --format '{{.Server.Version}}'))"
         exit 0
+    fi
+    if ! dockerd_alive; then
+        if [ -n "$own" ]; then
+            # Right after an engine was killed, its containerd may still be going away and the new
+            # dockerd gives up on it; a couple more tries get past that.
+            if [ "$attempts" -ge 3 ]; then
+                echo "start-dockerd: dockerd exited $attempts times; last lines of $log:" >&2
+                tail -n 30 "$log" >&2 || true
+                exit 1
+            fi
+            echo "start-dockerd: dockerd exited; retrying"
+            sleep 2
+        fi
+        attempts=$((attempts + 1))
+        rm -f "$pidfile"
+        echo "start-dockerd: starting dockerd (log: $log)"
+        # setsid: the engine outlives this shell and is not in its process group.
+        setsid nohup dockerd >"$log" 2>&1 </dev/null &
+        own=$!
+    elif [ -z "$own" ] && [ -z "$waiting" ]; then
+        waiting=1
+        echo "start-dockerd: dockerd (pid $(cat "$pidfile")) is starting; waiting for it"
     fi
     sleep 1
 done
