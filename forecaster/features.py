@@ -14,8 +14,10 @@ MEAN_SPANS = (3, 6, 12, 36, 72, SEASON)
 STD_SPANS = (12, 72, SEASON)
 SEASONAL_HALF_WIDTH = 3
 ANCHOR_POINTS = 3
+TREND_SPAN = 36
 # 2: the model predicts each future point relative to the anchor (mean of the last ANCHOR_POINTS
-#    points, scaled), and forecasts of a window that never went negative are clipped at 0.
+#    points, scaled); level-like features are relative to the anchor too; a linear-trend
+#    extrapolation feature; forecasts of a window that never went negative are clipped at 0.
 FEATURE_VERSION = 2
 
 
@@ -44,12 +46,21 @@ def feature_names(horizon: int) -> list[str]:
     names = [f"lag_{k}" for k in range(1, N_LAGS + 1)]
     names += [f"mean_{n}" for n in MEAN_SPANS] + [f"std_{n}" for n in STD_SPANS]
     names += ["min_12", "max_12", f"min_{SEASON}", f"max_{SEASON}", "slope_6"]
-    names += ["step", "yesterday", "yesterday_smooth", "yesterday_move", "last_minus_yesterday"]
+    names += ["step", "yesterday", "yesterday_smooth", "yesterday_move", "last_minus_yesterday",
+              f"trend_{TREND_SPAN}"]
     return names
+
+
+# features that are levels (not spreads or differences): given relative to the anchor
+RELATIVE = ("lag_", "mean_", "min_", "max_", "yesterday", "yesterday_smooth")
 
 
 def make_features(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows for every window and every step 1..horizon, ordered window-major.
+
+    Level-like features (lags, means, extremes, yesterday) are relative to the anchor, the point
+    the model's targets are relative to (`anchors`); `trend_36` is the least-squares slope of the
+    last 36 points times the step, a straight-line extrapolation.
 
     Returns (X of shape [n * horizon, F] float32, levels of shape [n]).
     """
@@ -81,11 +92,22 @@ def make_features(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.nda
     smooth = scaled[:, target_yesterday[:, None] + offsets[None, :]].mean(axis=2)
     move = yesterday - scaled[:, [origin_yesterday]]
     last_minus_yesterday = np.repeat(scaled[:, [last]] - scaled[:, [origin_yesterday]], horizon, axis=1)
+    t = np.arange(TREND_SPAN) - (TREND_SPAN - 1) / 2
+    slope = scaled[:, -TREND_SPAN:] @ t / (t @ t)
+    trend = slope[:, None] * steps[None, :]
+    anchor = scaled[:, -ANCHOR_POINTS:].mean(axis=1)
     per_step = np.stack(
-        [np.broadcast_to(steps, (n, horizon)), yesterday, smooth, move, last_minus_yesterday], axis=2
-    )  # [n, H, 5]
+        [np.broadcast_to(steps, (n, horizon)), yesterday, smooth, move, last_minus_yesterday, trend], axis=2
+    )  # [n, H, 6]
 
     rows = np.concatenate(
         [np.repeat(shared_block[:, None, :], horizon, axis=1), per_step], axis=2
-    ).reshape(n * horizon, -1)
-    return rows.astype(np.float32), levels
+    )  # [n, H, F]
+    rows[:, :, _relative_columns(horizon)] -= anchor[:, None, None]
+    return rows.reshape(n * horizon, -1).astype(np.float32), levels
+
+
+def _relative_columns(horizon: int) -> np.ndarray:
+    names = feature_names(horizon)
+    return np.array([i for i, name in enumerate(names)
+                     if name.startswith(RELATIVE[:4]) or name in RELATIVE[4:]])

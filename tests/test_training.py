@@ -75,8 +75,9 @@ def test_seasonal_feature_reads_yesterday_at_the_target_time():
     windows = np.arange(336, dtype=float)[None, :] + 1
     x, level = features.make_features(windows, 12)
     col = features.feature_names(12).index("yesterday")
+    anchor = features.anchors(windows, level)[0]  # level-like features are relative to the anchor
     # step h targets index 335 + h; yesterday is index 335 + h - 288 (value = index + 1)
-    np.testing.assert_allclose(x[:, col] * level[0], [335 + h - 288 + 1 for h in range(1, 13)], rtol=1e-6)
+    np.testing.assert_allclose((x[:, col] + anchor) * level[0], [335 + h - 288 + 1 for h in range(1, 13)], rtol=1e-5)
 
 
 def test_spec_rejects_bad_settings():

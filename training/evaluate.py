@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from forecaster import artifact
 from forecaster.model import quantile_name
@@ -246,7 +247,8 @@ def evaluate(series, model_dir: Path, report_dir: Path, data_desc: str, holdout:
     t = time.perf_counter()
     bar = _progress(total, "model")
     for d in data:
-        d["forecasts"][MODEL] = forecaster.predict(d["windows"]).astype(np.float64)
+        with threadpool_limits(limits=1):  # OpenMP threads on a busy machine only oversubscribe it
+            d["forecasts"][MODEL] = forecaster.predict(d["windows"]).astype(np.float64)
         d["forecasts"]["last_value"] = metrics.as_quantiles(baselines.last_value(d["windows"], spec.horizon),
                                                             len(spec.quantiles))
         d["forecasts"]["seasonal_naive"] = metrics.as_quantiles(
