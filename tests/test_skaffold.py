@@ -9,6 +9,8 @@ import fnmatch
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,64 @@ def test_sync_targets_predictor_python_files_in_the_dev_image(config):
     dest = rule["dest"].rstrip("/")
     assert dest.startswith("/tmp/"), "only /tmp is writable under the chart's read-only root filesystem"
     assert f"cd {dest}" in dev_stage and f"watchfiles" in dev_stage and f"{dest}/predictor" in dev_stage
+
+
+def helm_binary() -> str | None:
+    """A Helm 3+ binary: PERF_PREDICTOR_HELM3, the one the chart tests cache, or helm on PATH."""
+    tools = Path(os.environ.get("PERF_PREDICTOR_TOOLS", REPO / ".cache" / "tools"))
+    for candidate in (os.environ.get("PERF_PREDICTOR_HELM3"), tools / "helm3" / "helm", tools / "helm4" / "helm",
+                      shutil.which("helm")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def render(config: dict, profile: str | None, profiles: dict) -> list[dict]:
+    """`helm template` with the values Skaffold would pass for `profile` (image as Skaffold would set it)."""
+    helm = helm_binary()
+    if helm is None:
+        pytest.skip("no helm binary (the chart tests cache one under .cache/tools; or set PERF_PREDICTOR_HELM3)")
+    doc = effective(config, profiles[profile]) if profile else config
+    (release,) = doc["deploy"]["helm"]["releases"]
+    fake = {"{{.IMAGE_REPO_perf_predictor}}": "perf-predictor", "{{.IMAGE_TAG_perf_predictor}}": "0123abc"}
+    sets = [f"{k}={fake.get(v, v)}" for k, v in release["setValueTemplates"].items()]
+    sets += [f"{k}={v}" for k, v in release["setValues"].items()]
+    args = [helm, "template", release["name"], str(REPO / release["chartPath"]),
+            "--namespace", release["namespace"]]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def predictor_container(pod_spec: dict) -> dict:
+    (container,) = [c for c in pod_spec["containers"] if c["name"] == "kserve-container"]
+    return container
+
+
+@pytest.mark.parametrize("profile", [None, "deployment"])
+def test_chart_renders_what_port_forward_and_sync_expect_deployment(config, profiles, profile):
+    docs = render(config, profile, profiles)
+    doc = effective(config, profiles[profile]) if profile else config
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert {f["resourceName"] for f in doc["portForward"]} <= set(deployments)
+    pod = deployments[doc["portForward"][0]["resourceName"]]["spec"]["template"]["spec"]
+    container = predictor_container(pod)
+    assert container["image"] == "perf-predictor:0123abc"
+    assert {p["containerPort"] for p in container["ports"]} >= {8080, 8081}
+    assert "command" not in container, "the chart must keep the image's ENTRYPOINT (the dev target swaps it)"
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, "sync lands in a writable /tmp"
+    assert not any(d["kind"] == "InferenceService" for d in docs)
+
+
+def test_chart_renders_an_inferenceservice_for_the_kserve_profile(config, profiles):
+    docs = render(config, "kserve", profiles)
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert not any(d["kind"] == "Deployment" for d in docs)
+    # KServe names the predictor Deployment <isvc>-predictor: that is what port-forward targets.
+    doc = effective(config, profiles["kserve"])
+    assert {f["resourceName"] for f in doc["portForward"]} == {f"{isvc['metadata']['name']}-predictor"}
+    container = predictor_container(isvc["spec"]["predictor"])
+    assert container["image"] == "perf-predictor:0123abc"
+    assert "command" not in container
