@@ -4,7 +4,7 @@
 #   docker build --target dev -t perf-predictor:dev .        # + restarts on predictor/**/*.py changes
 #   docker build --build-arg BASE_IMAGE=registry.example/python:3.11-slim-bookworm .
 #
-# BASE_IMAGE must be a Debian-like image with python3 (>= 3.10) and its venv module; builds that
+# BASE_IMAGE must be a Debian-like image with python3 (>= 3.11: tomllib) and its venv module; builds that
 # cannot pull (air-gapped, CI) pass a locally built one (scripts/build-base-image.sh). The image
 # runs as UID/GID 10001 with a read-only root filesystem; only /tmp needs to be writable.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
