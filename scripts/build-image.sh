@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the perf-predictor image (`make image`).
 #
-#   IMAGE          tag to build                  (default perf-predictor:latest)
+#   IMAGE          tag to build                  (default perf-predictor:<version in pyproject.toml>,
+#                  which is the chart's default image: repository perf-predictor, tag appVersion)
 #   TARGET         Dockerfile stage: runtime|dev (default runtime)
 #   BASE_IMAGE     base image; when unset: the official python:3.11-slim-bookworm if it is present or
 #                  can be pulled, else a locally built Debian base (scripts/build-base-image.sh, which
@@ -16,7 +17,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-image=${IMAGE:-perf-predictor:latest}
+version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/pyproject.toml" | head -n1)
+image=${IMAGE:-perf-predictor:${version:-latest}}
 target=${TARGET:-runtime}
 official=python:3.11-slim-bookworm
 local_base=perf-predictor-base:bookworm
