@@ -1,10 +1,12 @@
 """The issue's reference: the "straightforward 36-model forecaster" the targets are measured against.
 
 One `HistGradientBoostingRegressor(loss="quantile")` per (quantile, horizon step): 3 x 12 = 36 models,
-125 boosting rounds each (~4,500 trees), trained on the project's built-in synthetic workload with the
-project's feature transform (`forecaster.features.make_features`; the model for step h only sees the
-rows of step h). Targets are scaled by the window's level and taken relative to the mean of its last
-3 points, like the project's model, so the two forecast the same thing and answer in the same format:
+125 boosting rounds each (~4,500 trees), trained on the project's built-in synthetic workload. Its
+features are a frozen copy of the project's feature transform as of issue 7 (`forecaster/features.py`
+at commit 2bf80b4: 43 features per (window, step) row; the model for step h only sees the rows of step
+h), so the yardstick neither moves nor breaks while the project's own features change. Targets are
+scaled by the window's level and taken relative to the mean of its last 3 points, like the project's
+model, so both forecast the same thing and answer in the same format:
 `predict(windows [n, >=W]) -> float32 [n_quantiles, n, H]`, quantiles sorted per step.
 
 Persistence: a pickle of plain scikit-learn estimators and numbers, written and read only by this
@@ -27,16 +29,53 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from forecaster import features  # noqa: E402
-
 FORMAT = 1
-ANCHOR_POINTS = 3
+FEATURES = "frozen-2bf80b4"  # the transform below; part of the cache key
+SEASON, N_LAGS, SEASONAL_HALF_WIDTH, ANCHOR_POINTS = 288, 24, 3, 3
+MEAN_SPANS = (3, 6, 12, 36, 72, SEASON)
+STD_SPANS = (12, 72, SEASON)
 DEFAULTS = dict(window=336, horizon=12, quantiles=(0.1, 0.5, 0.9), max_iter=125, stride=8,
                 learning_rate=0.08, max_leaf_nodes=31, min_samples_leaf=40, l2_regularization=1.0)
 
 
 def _anchor(windows: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return windows[:, -ANCHOR_POINTS:].mean(axis=1) / levels
+
+
+def make_features(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen copy of forecaster.features.make_features at 2bf80b4: (X [n * horizon, 43] float32, levels [n])."""
+    windows = np.asarray(windows, dtype=np.float64)
+    n, width = windows.shape
+    if width < SEASON + SEASONAL_HALF_WIDTH + 1 + max(N_LAGS, horizon):
+        raise ValueError(f"windows of {width} points are too short")
+    level = np.abs(windows[:, -SEASON:]).mean(axis=1)
+    levels = np.where(level > 1e-9, level, 1.0)
+    scaled = windows / levels[:, None]
+    last = width - 1
+    shared = [scaled[:, last - N_LAGS + 1:][:, ::-1]]
+    shared += [scaled[:, -k:].mean(axis=1, keepdims=True) for k in MEAN_SPANS]
+    shared += [scaled[:, -k:].std(axis=1, keepdims=True) for k in STD_SPANS]
+    shared += [
+        scaled[:, -12:].min(axis=1, keepdims=True),
+        scaled[:, -12:].max(axis=1, keepdims=True),
+        scaled[:, -SEASON:].min(axis=1, keepdims=True),
+        scaled[:, -SEASON:].max(axis=1, keepdims=True),
+        scaled[:, -6:].mean(axis=1, keepdims=True) - scaled[:, -12:-6].mean(axis=1, keepdims=True),
+    ]
+    shared_block = np.concatenate(shared, axis=1)
+    steps = np.arange(1, horizon + 1)
+    origin_yesterday = last - SEASON
+    target_yesterday = origin_yesterday + steps
+    yesterday = scaled[:, target_yesterday]
+    offsets = np.arange(-SEASONAL_HALF_WIDTH, SEASONAL_HALF_WIDTH + 1)
+    smooth = scaled[:, target_yesterday[:, None] + offsets[None, :]].mean(axis=2)
+    move = yesterday - scaled[:, [origin_yesterday]]
+    last_minus_yesterday = np.repeat(scaled[:, [last]] - scaled[:, [origin_yesterday]], horizon, axis=1)
+    per_step = np.stack(
+        [np.broadcast_to(steps, (n, horizon)), yesterday, smooth, move, last_minus_yesterday], axis=2)
+    rows = np.concatenate(
+        [np.repeat(shared_block[:, None, :], horizon, axis=1), per_step], axis=2).reshape(n * horizon, -1)
+    return rows.astype(np.float32), levels
 
 
 class ReferenceForecaster:
@@ -56,7 +95,7 @@ class ReferenceForecaster:
     def predict(self, windows: np.ndarray) -> np.ndarray:
         windows = np.asarray(windows, dtype=np.float64)[:, -self.window:]
         n, h = len(windows), self.horizon
-        x, levels = features.make_features(windows, h)
+        x, levels = make_features(windows, h)
         x = x.reshape(n, h, -1)
         scaled = np.empty((len(self.quantiles), n, h))
         for qi, per_step in enumerate(self.models):
@@ -87,7 +126,7 @@ def train(**overrides) -> dict:
 
     p = {**DEFAULTS, **overrides}
     windows, future = training_windows(p["window"], p["horizon"], p["stride"])
-    x, levels = features.make_features(windows, p["horizon"])
+    x, levels = make_features(windows, p["horizon"])
     x = x.reshape(len(windows), p["horizon"], -1)
     y = future / levels[:, None] - _anchor(windows, levels)[:, None]
     models = []
@@ -107,7 +146,7 @@ def train(**overrides) -> dict:
 def cache_key(**overrides) -> dict:
     import sklearn
 
-    return {"format": FORMAT, "sklearn": sklearn.__version__, "feature_version": features.FEATURE_VERSION,
+    return {"format": FORMAT, "sklearn": sklearn.__version__, "features": FEATURES,
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in {**DEFAULTS, **overrides}.items()}}
 
 

@@ -132,8 +132,9 @@ def ensure_mlserver_venv() -> Path:
     log(f"creating {MLSERVER_VENV} with {' '.join(pins)}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLSERVER_VENV)], check=True)
     pip = [str(MLSERVER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + pins, check=True)
+    with (REPO / ".cache" / "bench-venvs" / "mlserver-pip.log").open("w") as pip_log:
+        subprocess.run(pip + ["--upgrade", "pip"], check=True, stdout=pip_log, stderr=subprocess.STDOUT)
+        subprocess.run(pip + pins, check=True, stdout=pip_log, stderr=subprocess.STDOUT)
     marker.write_text("\n".join(pins))
     return MLSERVER_VENV / "bin"
 
@@ -143,11 +144,12 @@ def ensure_model(model_dir: Path | None, work: Path, retrain: bool) -> Path:
         return model_dir
     model_dir = work / "model"
     if not retrain:
-        try:
-            artifact.load(model_dir)
+        try:  # a directory left by an older build may load but no longer fit this build's features
+            forecaster, card = artifact.load(model_dir)
+            forecaster.predict(np.ones((1, int(card["window"]))))
             return model_dir
-        except artifact.ModelLoadError as exc:
-            log(f"(re)training {model_dir}: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            log(f"(re)training {model_dir}: {type(exc).__name__}: {exc}")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "training", "--out", str(model_dir)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
