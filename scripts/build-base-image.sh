@@ -43,7 +43,7 @@ mirror_from_apt() {
 }
 
 mirror=${DEBIAN_MIRROR:-$(mirror_from_apt)}
-mirror=${mirror:-http://deb.debian.org/debian}
+[ -n "$mirror" ] || { echo "build-base-image: no Debian mirror in /etc/apt/sources.list*; set DEBIAN_MIRROR" >&2; exit 1; }
 [ -r "$ca_bundle" ] || { echo "build-base-image: CA bundle $ca_bundle not readable" >&2; exit 1; }
 
 work=$(mktemp -d /var/tmp/perf-predictor-base.XXXXXX)
