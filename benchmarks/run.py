@@ -32,6 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -122,10 +123,29 @@ def ensure_wrk(install: bool) -> str:
     return path
 
 
+def mlserver_pins() -> list[str]:
+    """MLServer plus the project's runtime dependencies (pyproject.toml) except kserve, each pinned to the
+    version in this venv, so the runtime imports `forecaster` (through PYTHONPATH) and loads the same
+    model the same way."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = list(MLSERVER_PINS)
+    for dep in deps:
+        name = re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0]
+        if name.lower() == "kserve":
+            continue
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(dep)
+    return pins
+
+
 def ensure_mlserver_venv() -> Path:
-    """MLServer in its own venv (its pins clash with kserve's), with this venv's numpy/sklearn/skops
-    versions so it loads the same model the same way; the project is imported through PYTHONPATH."""
-    pins = MLSERVER_PINS + [f"{d}=={metadata.version(d)}" for d in ("numpy", "scikit-learn", "skops", "threadpoolctl")]
+    """MLServer in its own venv: its pins clash with kserve's."""
+    pins = mlserver_pins()
     marker = MLSERVER_VENV / ".bench-pins"
     if marker.is_file() and marker.read_text() == "\n".join(pins):
         return MLSERVER_VENV / "bin"
@@ -139,10 +159,22 @@ def ensure_mlserver_venv() -> Path:
     return MLSERVER_VENV / "bin"
 
 
+def source_stamp() -> str:
+    """Hash of the training and forecaster sources: the cached model is retrained when they change."""
+    digest = hashlib.sha256()
+    for folder in ("forecaster", "training"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_model(model_dir: Path | None, work: Path, retrain: bool) -> Path:
     if model_dir is not None:
         return model_dir
     model_dir = work / "model"
+    stamp_file, stamp = work / "model.stamp", source_stamp()
+    if not stamp_file.is_file() or stamp_file.read_text() != stamp:
+        retrain = True
     if not retrain:
         try:  # a directory left by an older build may load but no longer fit this build's features
             forecaster, card = artifact.load(model_dir)
@@ -150,9 +182,11 @@ def ensure_model(model_dir: Path | None, work: Path, retrain: bool) -> Path:
             return model_dir
         except Exception as exc:  # noqa: BLE001
             log(f"(re)training {model_dir}: {type(exc).__name__}: {exc}")
+    log(f"training {model_dir} with `python -m training` (built-in synthetic data)")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "training", "--out", str(model_dir)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
+    stamp_file.write_text(stamp)
     log(f"trained {model_dir} in {time.perf_counter() - started:.0f} s")
     return model_dir
 
