@@ -12,7 +12,7 @@ example; sampling them keeps the row count, and the fit time, down without losin
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import multiprocessing
@@ -42,6 +42,7 @@ class ForecastSpec:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     step_seconds: int = 300
     feature_version: int = features.FEATURE_VERSION
+    band_scale: float = 1.0  # widens (>1) or narrows the band around the median; set by calibration
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -52,6 +53,8 @@ class ForecastSpec:
         if not qs or any(not 0 < q < 1 for q in qs) or len(set(qs)) != len(qs):
             raise ValueError("quantiles must be distinct values strictly between 0 and 1")
         object.__setattr__(self, "quantiles", tuple(sorted(qs)))
+        if not self.band_scale > 0:
+            raise ValueError("band_scale must be positive")
 
     @property
     def output_names(self) -> list[str]:
@@ -72,6 +75,7 @@ class TrainingParams:
     steps_per_window: int = 3
     random_state: int = 0
     jobs: int = 0  # processes fitting quantiles in parallel; 0: one per core (at most one per quantile)
+    calibration: float = 0.2  # share of each series' end held out to calibrate the band width; 0: off
     extra: dict = field(default_factory=dict)
 
 
@@ -120,6 +124,61 @@ def _fit_quantile(x: np.ndarray, y: np.ndarray, q: float, params: TrainingParams
         return est.fit(x, y)
 
 
+def _calibration_split(series: list[np.ndarray], spec: ForecastSpec, share: float) -> tuple[list, list]:
+    """Each long enough series as (all but its last `share`, that last share with a window of history)."""
+    head, tail = [], []
+    for values in series:
+        cut = len(values) - int(len(values) * share)
+        if cut >= spec.window + spec.horizon and len(values) - cut >= spec.horizon:
+            head.append(values[:cut])
+            tail.append(values[cut - spec.window :])
+    return head, tail
+
+
+def _rows(series: list[np.ndarray], spec: ForecastSpec, params: TrainingParams, bar, label: str):
+    stage = bar(len(series), label) if bar else None
+    parts = []
+    for values in series:
+        if len(values) >= spec.window + spec.horizon:
+            parts.append(training_rows([values], spec, params.stride, params.steps_per_window,
+                                       params.random_state + len(parts)))
+        if stage:
+            stage.update(1)
+    if stage:
+        stage.close()
+    if not parts:
+        raise ValueError(f"no series has the {spec.window + spec.horizon} points one training example needs")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _fit_estimators(rows, spec: ForecastSpec, params: TrainingParams, progress, bar, label: str) -> list:
+    x, y = rows
+    progress(f"{label}: {len(x):,} training rows x {x.shape[1]} features")
+    jobs = max(1, min(params.jobs or (os.cpu_count() or 1), len(spec.quantiles)))
+    stage = bar(len(spec.quantiles), f"{label}: {len(spec.quantiles)} quantiles ({jobs} processes)") if bar else None
+    fitted: dict[float, HistGradientBoostingRegressor] = {}
+    if jobs == 1:
+        for q in spec.quantiles:
+            fitted[q] = _fit_quantile(x, y, q, params)
+            progress(f"fitted quantile {q:g}")
+            if stage:
+                stage.update(1)
+    else:
+        # one single-threaded process per quantile: on a busy machine OpenMP's threads oversubscribe the
+        # cores and a 2-thread fit can be 10x slower than a 1-thread one; separate processes never do
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_fit_quantile, x, y, q, params): q for q in spec.quantiles}
+            for future in as_completed(futures):
+                fitted[futures[future]] = future.result()
+                progress(f"fitted quantile {futures[future]:g}")
+                if stage:
+                    stage.update(1)
+    if stage:
+        stage.close()
+    return [fitted[q] for q in spec.quantiles]
+
+
 class QuantileForecaster:
     def __init__(self, spec: ForecastSpec, estimators: Sequence[HistGradientBoostingRegressor]):
         if len(estimators) != len(spec.quantiles):
@@ -148,46 +207,37 @@ class QuantileForecaster:
         """Fit one estimator per quantile. `bar(total, desc)`, when given, makes a progress bar (an
         object with update(n) and close(), e.g. tqdm) for each stage: building rows, then each quantile."""
         params = params or TrainingParams()
-        series = list(series)
-        stage = bar(len(series), "features") if bar else None
-        parts = []
+        series = [np.asarray(v, dtype=np.float64) for v in series]
+        scale = 1.0
+        if params.calibration > 0:
+            head, tail = _calibration_split(series, spec, params.calibration)
+            if head and tail:
+                trial = cls(spec, _fit_estimators(_rows(head, spec, params, bar, "features (calibration)"),
+                                                  spec, params, progress, bar, "calibration"))
+                scale = trial.band_scale_for(tail, stride=max(1, params.stride * 3))
+                progress(f"band calibrated on the last {params.calibration:.0%} of each series: scale {scale:.3f}")
+        estimators = _fit_estimators(_rows(series, spec, params, bar, "features"), spec, params, progress, bar, "fit")
+        return cls(replace(spec, band_scale=scale), estimators)
+
+    def band_scale_for(self, series: Sequence[np.ndarray], stride: int) -> float:
+        """The factor on the band's distance from the median that makes the outer quantiles hold their
+        nominal share (e.g. 80% for p10-p90) of these series' actual next points."""
+        ratios = []
         for values in series:
-            if len(values) >= spec.window + spec.horizon:
-                parts.append(training_rows([values], spec, params.stride, params.steps_per_window,
-                                           params.random_state + len(parts)))
-            if stage:
-                stage.update(1)
-        if stage:
-            stage.close()
-        if not parts:
-            raise ValueError(f"no series has the {spec.window + spec.horizon} points one training example needs")
-        x = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        progress(f"built {len(x):,} training rows x {x.shape[1]} features")
-        jobs = max(1, min(params.jobs or (os.cpu_count() or 1), len(spec.quantiles)))
-        stage = bar(len(spec.quantiles), f"fit {len(spec.quantiles)} quantiles ({jobs} processes)") if bar else None
-        fitted: dict[float, HistGradientBoostingRegressor] = {}
-        if jobs == 1:
-            for q in spec.quantiles:
-                fitted[q] = _fit_quantile(x, y, q, params)
-                progress(f"fitted quantile {q:g}")
-                if stage:
-                    stage.update(1)
-        else:
-            # one single-threaded process per quantile: on a busy machine OpenMP's threads oversubscribe the
-            # cores and a 2-thread fit can be 10x slower than a 1-thread one; separate processes never do
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(_fit_quantile, x, y, q, params): q for q in spec.quantiles}
-                for future in as_completed(futures):
-                    fitted[futures[future]] = future.result()
-                    progress(f"fitted quantile {futures[future]:g}")
-                    if stage:
-                        stage.update(1)
-        if stage:
-            stage.close()
-        estimators = [fitted[q] for q in spec.quantiles]
-        return cls(spec, estimators)
+            blocks = np.lib.stride_tricks.sliding_window_view(values, self.spec.window + self.spec.horizon)[::stride]
+            forecast = self.predict(blocks[:, : self.spec.window])
+            actual = blocks[:, self.spec.window :]
+            mid = forecast[self.median_index()]
+            lo, hi = forecast[0], forecast[-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                above = np.where(actual > mid, (actual - mid) / (hi - mid), 0.0)
+                below = np.where(actual < mid, (mid - actual) / (mid - lo), 0.0)
+            ratios.append(np.nan_to_num(np.maximum(above, below), nan=0.0, posinf=np.inf).ravel())
+        nominal = self.spec.quantiles[-1] - self.spec.quantiles[0]
+        return float(np.clip(np.quantile(np.concatenate(ratios), nominal), 0.5, 4.0))
+
+    def median_index(self) -> int:
+        return int(np.argmin([abs(q - 0.5) for q in self.spec.quantiles]))
 
     def predict(self, windows: np.ndarray, threads: int = 1) -> np.ndarray:
         """Forecast quantiles for windows [n, >=window] -> float32 [n_quantiles, n, horizon], never crossing.
@@ -201,6 +251,9 @@ class QuantileForecaster:
         scaled = self._trees.predict(x, threads).reshape(len(self.estimators), n, h)
         scaled += features.anchors(windows, levels)[None, :, None]
         scaled.sort(axis=0)  # monotone rearrangement: quantile order holds at every step
+        if self.spec.band_scale != 1.0:
+            mid = scaled[self.median_index()]
+            scaled = mid + self.spec.band_scale * (scaled - mid)  # keeps the order
         out = scaled * levels[None, :, None]
         nonneg = windows.min(axis=1) >= 0
         out[:, nonneg] = np.maximum(out[:, nonneg], 0.0)  # clipping keeps the order

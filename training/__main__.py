@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=TrainingParams.max_iter, help="boosting rounds per quantile")
     p.add_argument("--stride", type=int, default=TrainingParams.stride, help="points between training origins")
     p.add_argument("--jobs", type=int, default=0, help="processes fitting quantiles in parallel (0: one per core)")
+    p.add_argument("--calibration", type=float, default=TrainingParams.calibration,
+                   help="share of each series' end held out to calibrate the band width, then refit on all (0: off)")
     return p
 
 
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         series, source = sources.load(args)
         train(series, args.out, source=source, name=args.name, version=args.version, window=args.window,
               horizon=args.horizon, quantiles=args.quantiles,
-              params=TrainingParams(max_iter=args.max_iter, stride=args.stride, jobs=args.jobs), holdout=args.holdout)
+              params=TrainingParams(max_iter=args.max_iter, stride=args.stride, jobs=args.jobs,
+                                            calibration=args.calibration), holdout=args.holdout)
     except (OSError, ValueError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 2
