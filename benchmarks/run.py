@@ -376,9 +376,9 @@ def run_wrk(wrk: str, url: str, body_file: Path, content_type: str, header_lengt
            "BENCH_HEADER_LENGTH": str(header_length or "")}
     base = [wrk, "-t", str(min(2, concurrency)), "-c", str(concurrency), "--timeout", "60s",
             "-s", str(BENCH / "wrk_post.lua")]
-    if warmup > 0:
-        subprocess.run(base + ["-d", f"{warmup:g}s", url], env=env, capture_output=True, check=True)
-    res = subprocess.run(base + ["-d", f"{duration:g}s", url], env=env, capture_output=True, text=True, check=True)
+    if warmup > 0:  # wrk takes whole seconds
+        subprocess.run(base + ["-d", f"{max(1, round(warmup))}s", url], env=env, capture_output=True, check=True)
+    res = subprocess.run(base + ["-d", f"{max(1, round(duration))}s", url], env=env, capture_output=True, text=True, check=True)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result: {res.stdout[-500:]} {res.stderr[-500:]}")
@@ -401,7 +401,8 @@ def run_grpc(server: Server, npy: Path, concurrency: int, duration: float, warmu
     r = json.loads(res.stdout.strip().splitlines()[-1])
     return {"requests": r["requests"], "errors": r["errors"], "non2xx": r["errors"], "rps": r["rps"],
             "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
-            "client": "grpc_load.py", "client_cpu_s": r["client_cpu_s"], "error_codes": r["error_codes"]}
+            "client": "grpc_load.py", "client_cpu_s": r["client_cpu_s"], "error_codes": r["error_codes"],
+            "client_cpu_pct": 100 * r["client_cpu_s"] / r["duration_s"] if r["duration_s"] else None}
 
 
 # ---------------------------------------------------------------- report
@@ -432,7 +433,7 @@ def machine_info(mlserver_bin: Path | None) -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "versions": versions,
-            "git": commit + ("+dirty" if dirty else ""), "loadavg_start": os.getloadavg()}
+            "git": commit + ("+dirty" if dirty else "")}
 
 
 def fmt(v, digits=1) -> str:
@@ -489,7 +490,7 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
     m = result["machine"]
     lines = [f"# Serving benchmark ({result['mode']} run)", "",
              f"{result['finished_at']} · git {m['git']} · {m['nproc']} cores ({m['cpu']}) · load average at start "
-             f"{' / '.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end {' / '.join(f'{x:.1f}' for x in result['loadavg_end'])} · "
+             f"{' / '.join(f'{x:.1f}' for x in result['loadavg_start'])}, at end {' / '.join(f'{x:.1f}' for x in result['loadavg_end'])} · "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Command: `{result['command']}` · {result['duration_s']:.0f} s per measurement after "
              f"{result['warmup_s']:.0f} s warm-up · REST load: wrk; gRPC load: benchmarks/grpc_load.py "
@@ -498,14 +499,15 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
     for s in result["servers"]:
         lines.append(f"- **{s['name']}**: {s['description']} (ready in {fmt(s.get('ready_s'))} s)")
     lines += ["", "## Throughput and latency", "",
-              "| server | model | protocol | scenario | req/s | series/s | p50 ms | p99 ms | errors |",
-              "|---|---|---|---|---:|---:|---:|---:|---:|"]
+              "| server | model | protocol | scenario | req/s | series/s | p50 ms | p99 ms | errors | gRPC client CPU % |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         if r.get("rps") is None:
-            lines.append(f"| {r['server']} | {r['model']} | {r['protocol']} | {r['label']} | – | – | – | – | {r.get('note', '')} |")
+            lines.append(f"| {r['server']} | {r['model']} | {r['protocol']} | {r['label']} | – | – | – | – | {r.get('note', '')} | |")
         else:
             lines.append(f"| {r['server']} | {r['model']} | {r['protocol']} | {r['label']} | {fmt(r['rps'])} | "
-                         f"{fmt(r['rps'] * r['batch'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {r['errors']} |")
+                         f"{fmt(r['rps'] * r['batch'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {r['errors']} | "
+                         f"{fmt(r.get('client_cpu_pct'), 0)} |")
     lines += ["", "## In-process featurize + predict floor (one thread)", "",
               "| model | batch | median ms | p99 ms | µs per series |", "|---|---:|---:|---:|---:|"]
     for model, per_batch in result["floor"].items():
@@ -599,6 +601,7 @@ def main() -> int:
     protocols = [p for p in PROTOCOLS if p in args.protocols.split(",")]
     server_names = [s for s in args.servers.split(",") if s]
 
+    loadavg_start = os.getloadavg()
     wrk = ensure_wrk(not args.no_install)
     work = args.work_dir
     logs = work / "logs"
@@ -676,7 +679,7 @@ def main() -> int:
     result = {"mode": "quick" if args.quick else "full", "command": " ".join(["benchmarks/run.py"] + sys.argv[1:]),
               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "duration_s": duration, "warmup_s": warmup, "machine": machine_info(mlserver_bin),
-              "loadavg_end": os.getloadavg(), "model_dir": str(model_dir),
+              "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(), "model_dir": str(model_dir),
               "model_card": {k: card.get(k) for k in ("name", "version", "window", "horizon", "quantiles")},
               "servers": server_info, "rows": rows, "floor": floor}
     result["checks"] = target_checks(rows)
