@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecaster.artifact import ModelLoadError
 
-    from . import logs
+    from . import grpc_fastpath, logs
     from .model import PerfPredictor
 
     args, _ = build_parser().parse_known_args(argv)
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         logging.getLogger("perf_predictor").error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
+    grpc_fastpath.install()  # the gRPC server lives in this (parent) process
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
                 enable_latency_logging=latency_lines).start([model])
     return 0

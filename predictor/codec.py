@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import orjson
 from kserve.errors import InvalidInput
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferResponse
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 INPUT_NAME = "history"
@@ -47,25 +48,50 @@ def check_history(history: np.ndarray, window: int) -> np.ndarray:
     return recent
 
 
-def decode_v2(request: InferRequest, window: int) -> np.ndarray:
-    if not request.inputs:
+def check_tensor_header(names: list, datatype: Any, shape: Any) -> list[int]:
+    """The checks every v2 protocol path shares: one input named `history`, FP32/FP64, rank 2."""
+    if not names:
         raise RequestError("missing_input", f"the request has no inputs; send one input named '{INPUT_NAME}'")
-    names = [i.name for i in request.inputs]
     unknown = [n for n in names if n != INPUT_NAME]
     if unknown:
         raise RequestError("unknown_input", f"unknown input {unknown[0]!r}: this model takes one input named '{INPUT_NAME}'")
     if len(names) > 1:
         raise RequestError("duplicate_input", f"input '{INPUT_NAME}' is given {len(names)} times")
-    tensor = request.inputs[0]
-    if tensor.datatype not in INPUT_DATATYPES:
-        raise RequestError(
-            "wrong_datatype", f"input '{INPUT_NAME}' has datatype {tensor.datatype}; send FP32 or FP64"
-        )
-    shape = list(tensor.shape)
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RequestError("malformed_body", f"malformed request body: input '{INPUT_NAME}' needs a 'shape' of "
+                                             "non-negative integers")
+    if datatype not in INPUT_DATATYPES:
+        raise RequestError("wrong_datatype", f"input '{INPUT_NAME}' has datatype {datatype}; send FP32 or FP64")
     if len(shape) != 2:
+        raise RequestError("wrong_rank", f"input '{INPUT_NAME}' must have shape [batch, length], got shape {list(shape)}")
+    return list(shape)
+
+
+def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
+    dtype = np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
+    if len(raw) != shape[0] * shape[1] * dtype.itemsize:
         raise RequestError(
-            "wrong_rank", f"input '{INPUT_NAME}' must have shape [batch, length], got shape {shape}"
+            "malformed_tensor",
+            f"input '{INPUT_NAME}' has {len(raw)} bytes of binary data; shape {shape} of {datatype} needs "
+            f"{shape[0] * shape[1] * dtype.itemsize}",
         )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def from_values(data: Any, shape: list[int]) -> np.ndarray:
+    try:
+        return np.asarray(data, dtype=np.float64).reshape(shape)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(
+            "malformed_tensor", f"input '{INPUT_NAME}' data does not match its shape {shape}: {exc}"
+        ) from None
+
+
+def decode_v2(request: InferRequest, window: int) -> np.ndarray:
+    """KServe's decoded v2 request (any path the fast paths do not take)."""
+    names = [i.name for i in request.inputs or []]
+    tensor = request.inputs[0] if names else None
+    shape = check_tensor_header(names, tensor and tensor.datatype, tensor and [int(d) for d in tensor.shape])
     try:
         history = tensor.as_numpy()
     except (ValueError, TypeError) as exc:
@@ -73,6 +99,17 @@ def decode_v2(request: InferRequest, window: int) -> np.ndarray:
             "malformed_tensor", f"input '{INPUT_NAME}' data does not match its shape {shape}: {exc}"
         ) from None
     return check_history(history.reshape(shape), window)
+
+
+def decode_grpc(request: Any, window: int) -> np.ndarray:
+    """A gRPC ModelInferRequest straight to numpy: raw_input_contents or typed contents."""
+    names = [t.name for t in request.inputs]
+    tensor = request.inputs[0] if names else None
+    shape = check_tensor_header(names, tensor and tensor.datatype, tensor and [int(d) for d in tensor.shape])
+    if request.raw_input_contents:
+        return check_history(from_raw(request.raw_input_contents[0], tensor.datatype, shape), window)
+    contents = tensor.contents.fp32_contents if tensor.datatype == "FP32" else tensor.contents.fp64_contents
+    return check_history(from_values(contents, shape), window)
 
 
 @dataclass
@@ -114,43 +151,20 @@ def decode_v2_body(body: bytes, json_length: Optional[int], window: int) -> tupl
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise _malformed("'inputs' must be a list of tensors")
-    if not inputs:
-        raise RequestError("missing_input", f"the request has no inputs; send one input named '{INPUT_NAME}'")
-    names = [t.get("name") for t in inputs]
-    unknown = [n for n in names if n != INPUT_NAME]
-    if unknown:
-        raise RequestError("unknown_input", f"unknown input {unknown[0]!r}: this model takes one input named '{INPUT_NAME}'")
-    if len(names) > 1:
-        raise RequestError("duplicate_input", f"input '{INPUT_NAME}' is given {len(names)} times")
-    tensor = inputs[0]
-    datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _malformed(f"input '{INPUT_NAME}' needs a 'shape' of non-negative integers")
-    if datatype not in INPUT_DATATYPES:
-        raise RequestError("wrong_datatype", f"input '{INPUT_NAME}' has datatype {datatype}; send FP32 or FP64")
-    if len(shape) != 2:
-        raise RequestError("wrong_rank", f"input '{INPUT_NAME}' must have shape [batch, length], got shape {shape}")
-    dtype = np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
+    tensor = inputs[0] if inputs else {}
+    shape = check_tensor_header([t.get("name") for t in inputs], tensor.get("datatype"), tensor.get("shape"))
     size = _binary_size(tensor)
     if size is not None:
         raw = body[json_length:] if json_length is not None else b""
-        if size != len(raw) or size != shape[0] * shape[1] * dtype.itemsize:
-            raise RequestError(
-                "malformed_tensor",
-                f"input '{INPUT_NAME}' has {len(raw)} bytes of binary data ({size} declared); "
-                f"shape {shape} of {datatype} needs {shape[0] * shape[1] * dtype.itemsize}",
-            )
-        history = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        if size != len(raw):
+            raise RequestError("malformed_tensor", f"input '{INPUT_NAME}' declares {size} bytes of binary data "
+                                                   f"but the body carries {len(raw)}")
+        history = from_raw(raw, tensor["datatype"], shape)
     else:
         data = tensor.get("data")
         if not isinstance(data, list):
             raise _malformed(f"input '{INPUT_NAME}' has no 'data' (and no binary_data_size)")
-        try:
-            history = np.asarray(data, dtype=np.float64).reshape(shape)
-        except (ValueError, TypeError) as exc:
-            raise RequestError(
-                "malformed_tensor", f"input '{INPUT_NAME}' data does not match its shape {shape}: {exc}"
-            ) from None
+        history = from_values(data, shape)
     return check_history(history, window), _v2_reply(header)
 
 
@@ -180,7 +194,7 @@ def encode_v2_body(reply: V2Reply, model_name: str, model_version: str, names: S
     outputs, raw = [], []
     for name, binary in wanted:
         if name not in by_name:
-            raise RequestError("unknown_output", f"unknown output {name!r}: this model has {', '.join(names)}")
+            raise unknown_output(name, names)
         block = np.ascontiguousarray(by_name[name], dtype="<f4")
         entry: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPE, "shape": list(block.shape)}
         if binary:
@@ -196,6 +210,25 @@ def encode_v2_body(reply: V2Reply, model_name: str, model_version: str, names: S
     if not raw:
         return header, None
     return header + b"".join(raw), len(header)
+
+
+def unknown_output(name: str, names: Sequence[str]) -> RequestError:
+    return RequestError("unknown_output", f"unknown output {name!r}: this model has {', '.join(names)}")
+
+
+def encode_grpc(request: Any, model_name: str, model_version: str, names: Sequence[str],
+                forecasts: np.ndarray) -> ModelInferResponse:
+    """The gRPC reply with raw little-endian FP32 tensors, only the requested outputs if any were named."""
+    by_name = dict(zip(names, forecasts))
+    outputs, raw = [], []
+    for name in [o.name for o in request.outputs] or list(names):
+        if name not in by_name:
+            raise unknown_output(name, names)
+        block = np.ascontiguousarray(by_name[name], dtype="<f4")
+        outputs.append(ModelInferResponse.InferOutputTensor(name=name, datatype=OUTPUT_DATATYPE, shape=block.shape))
+        raw.append(block.tobytes())
+    return ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id, outputs=outputs,
+                              raw_output_contents=raw)
 
 
 def decode_v1(payload: Any, window: int) -> np.ndarray:

@@ -98,30 +98,14 @@ class PerfPredictor(Model):
 
     async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
                        verb: InferenceVerb = InferenceVerb.PREDICT):
-        if not (isinstance(body, InferRequest) and body.from_grpc):
-            try:
-                return await super().__call__(body, headers, verb)
-            except InvalidInput as exc:
-                state = http.request_state.get()
-                if state is not None:  # REST: the metrics middleware records it with this reason
-                    state["reason"] = getattr(exc, "code", None)
-                raise
-        # gRPC: KServe's servicer has no hook around it, so its requests are counted here.
-        status, reason = 200, None
-        in_flight = metrics.IN_FLIGHT.labels(self.name, "grpc")
-        in_flight.inc()
-        started = time.perf_counter()
+        """KServe's path (v1 REST): tell the metrics middleware why a request was rejected."""
         try:
             return await super().__call__(body, headers, verb)
         except InvalidInput as exc:
-            status, reason = 400, getattr(exc, "code", None)
+            state = http.request_state.get()
+            if state is not None:
+                state["reason"] = getattr(exc, "code", None)
             raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            in_flight.dec()
-            http.record(self.name, "grpc", "v2_infer", status, reason, time.perf_counter() - started)
 
     async def predict(self, payload: Any, headers: Dict[str, str] = None) -> Any:
         window, names = self.forecaster.spec.window, self.forecaster.spec.output_names

@@ -21,10 +21,12 @@ async def main(http_url: str, grpc_host: str, model: str, data: np.ndarray) -> d
     await rest.close()
     grpc = InferenceGRPCClient(grpc_host, retries=0)
     grpc_response = await grpc.infer(request(model, data, binary=True))
+    grpc_contents_response = await grpc.infer(request(model, data, binary=False))  # typed contents, not raw
     await grpc.close()
     return {
         name: {o.name: o.as_numpy().tolist() for o in response.outputs}
-        for name, response in (("rest", rest_response), ("grpc", grpc_response))
+        for name, response in (("rest", rest_response), ("grpc", grpc_response),
+                               ("grpc_contents", grpc_contents_response))
     }
 
 

@@ -198,7 +198,7 @@ def test_kserve_clients(server, window):
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     reference = triton_grpc(server, data)
-    for client in ("rest", "grpc"):
+    for client in ("rest", "grpc", "grpc_contents"):
         for n in OUTPUTS:
             np.testing.assert_allclose(np.array(results[client][n], dtype=np.float32), reference[n], rtol=1e-6)
 
@@ -351,3 +351,16 @@ def test_v2_unknown_output_and_bad_binary_header_are_400(server, window):
     assert status == 400 and "must be an integer" in json.loads(body)["error"]
     status, _, body = post_raw(server, v2_body(window), {"Inference-Header-Content-Length": "999999"})
     assert status == 400 and "does not fit" in json.loads(body)["error"]
+
+
+def test_grpc_requested_outputs_fp64_and_unknown_output(server, window, horizon):
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    data = histories(2, window, seed=8)
+    tensor = grpcclient.InferInput("history", [2, window], "FP64")
+    tensor.set_data_from_numpy(data.astype(np.float64))
+    result = client.infer(MODEL_NAME, [tensor], outputs=[grpcclient.InferRequestedOutput("p90")])
+    assert [o.name for o in result.get_response().outputs] == ["p90"]
+    np.testing.assert_allclose(result.as_numpy("p90"), triton_grpc(server, data)["p90"], rtol=1e-5)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(MODEL_NAME, [tensor], outputs=[grpcclient.InferRequestedOutput("p99")])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "unknown output 'p99'" in err.value.message()

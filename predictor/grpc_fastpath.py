@@ -1,0 +1,48 @@
+"""gRPC ModelInfer for our models straight from the protobuf message to numpy and back.
+
+KServe's servicer turns every request into its InferRequest/InferResponse objects; for a forecast
+that costs about a millisecond that detour dominates. KServe's GRPCServer builds its servicer from
+`kserve.protocol.grpc.server.InferenceServicer`, so `install()` substitutes this subclass there;
+KServe's interceptors (error -> status, e.g. INVALID_ARGUMENT for bad input) still wrap it, and every
+other RPC is KServe's.
+"""
+from __future__ import annotations
+
+import time
+
+from kserve.errors import InvalidInput
+from kserve.metrics import PREDICT_HIST_TIME, get_labels
+from kserve.protocol.grpc import server as kserve_grpc_server
+from kserve.protocol.grpc.servicer import InferenceServicer
+
+from . import codec, http, metrics
+
+
+class ForecastServicer(InferenceServicer):
+    async def ModelInfer(self, request, context):
+        model = http.SERVED.get(request.model_name)
+        if model is None or not model.ready:
+            return await super().ModelInfer(request, context)
+        status, reason = 200, None
+        in_flight = metrics.IN_FLIGHT.labels(model.name, "grpc")
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            spec = model.forecaster.spec
+            history = codec.decode_grpc(request, spec.window)
+            with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
+                forecasts = await model.forecast(history, "grpc")
+            return codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
+        except InvalidInput as exc:
+            status, reason = 400, getattr(exc, "code", None)
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            in_flight.dec()
+            http.record(model.name, "grpc", "v2_infer", status, reason, time.perf_counter() - started)
+
+
+def install() -> None:
+    kserve_grpc_server.InferenceServicer = ForecastServicer
