@@ -68,7 +68,7 @@ class ForecastSpec:
 class TrainingParams:
     max_iter: int = 150
     learning_rate: float = 0.08
-    max_leaf_nodes: int = 31
+    max_leaf_nodes: int = 15
     min_samples_leaf: int = 40
     l2_regularization: float = 1.0
     stride: int = 2
