@@ -9,7 +9,7 @@ HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 PYTEST_ARGS ?=
 
-.PHONY: venv serve train test lint render-manifests kind-up e2e-kind image clean
+.PHONY: venv serve train test lint render-manifests kind-up e2e-kind image bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

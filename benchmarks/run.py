@@ -586,7 +586,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=BENCH / "results", help="where latest.md/latest.json go")
     ap.add_argument("--servers", default="perf-predictor,kserve-minimal,mlserver,mlserver-reference",
                     help="comma-separated; also: kserve-minimal-reference")
-    ap.add_argument("--workers", default="1", help="perf-predictor --workers variants, e.g. 1,2")
+    ap.add_argument("--workers", default="1,2", help="perf-predictor --workers variants, e.g. 1 or 1,2")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--scenarios", help="comma-separated subset of: " + ",".join(s.key for s in SCENARIOS))
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 3)")
