@@ -19,7 +19,6 @@ from . import http
 
 logger = logging.getLogger("perf_predictor")
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
-BINARY_HEADER = b"inference-header-content-length"
 
 
 async def read_body(receive) -> bytes:
@@ -37,15 +36,13 @@ async def respond(send, status: int, body: bytes, json_length: Optional[int] = N
         headers.append((b"content-type", b"application/json"))
     else:
         headers += [(b"content-type", b"application/octet-stream"),
-                    (BINARY_HEADER, str(json_length).encode())]
+                    (http.BINARY_HEADER, str(json_length).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def client_error(send, status: int, message: str, reason: Optional[str]) -> None:
-    state = http.request_state.get()
-    if state is not None:
-        state["reason"] = reason
+    http.note_rejection(reason)
     logger.info("rejected request: %s", message)
     await respond(send, status, orjson.dumps({"error": message}))
 
@@ -66,7 +63,7 @@ class V2InferFastPath:
         body = await read_body(receive)
         json_length = None
         for key, value in scope["headers"]:
-            if key == BINARY_HEADER:
+            if key == http.BINARY_HEADER:
                 try:
                     json_length = int(value)
                 except ValueError:

@@ -8,14 +8,12 @@ other RPC is KServe's.
 """
 from __future__ import annotations
 
-import time
-
 from kserve.errors import InvalidInput
 from kserve.metrics import PREDICT_HIST_TIME, get_labels
 from kserve.protocol.grpc import server as kserve_grpc_server
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import codec, http, metrics
+from . import codec, http
 
 
 class ForecastServicer(InferenceServicer):
@@ -23,25 +21,18 @@ class ForecastServicer(InferenceServicer):
         model = http.SERVED.get(request.model_name)
         if model is None or not model.ready:
             return await super().ModelInfer(request, context)
-        status, reason = 200, None
-        in_flight = metrics.IN_FLIGHT.labels(model.name, "grpc")
-        in_flight.inc()
-        started = time.perf_counter()
-        try:
-            spec = model.forecaster.spec
-            history = codec.decode_grpc(request, spec.window)
-            with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
-                forecasts = await model.forecast(history, "grpc")
-            return codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
-        except InvalidInput as exc:
-            status, reason = 400, getattr(exc, "code", None)
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            in_flight.dec()
-            http.record(model.name, "grpc", "v2_infer", status, reason, time.perf_counter() - started)
+        with http.tracked(model.name, "grpc", "v2_infer") as state:
+            try:
+                spec = model.forecaster.spec
+                history = codec.decode_grpc(request, spec.window)
+                with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
+                    forecasts = await model.forecast(history, "grpc")
+                reply = codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
+            except InvalidInput as exc:
+                state.update(status=400, reason=getattr(exc, "code", None))
+                raise
+            state["status"] = 200
+            return reply
 
 
 def install() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Optional
+from typing import Iterator, Optional
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -64,23 +65,40 @@ class MetricsMiddleware:
         name = match.group("v2") or match.group("v1")
         model = name if name in SERVED else "unknown"  # no label per made-up path
         endpoint = "v2_infer" if match.group("v2") else "v1_predict"
-        state = {"status": 500, "reason": None}
-        token = request_state.set(state)
+        with tracked(model, "rest", endpoint) as state:
+            token = request_state.set(state)
 
-        async def capture_status(message):
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-            await send(message)
+            async def capture_status(message):
+                if message["type"] == "http.response.start":
+                    state["status"] = message["status"]
+                await send(message)
 
-        in_flight = metrics.IN_FLIGHT.labels(model, "rest")
-        in_flight.inc()
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, capture_status)
-        finally:
-            in_flight.dec()
-            request_state.reset(token)
-            record(model, "rest", endpoint, state["status"], state["reason"], time.perf_counter() - started)
+            try:
+                await self.app(scope, receive, capture_status)
+            finally:
+                request_state.reset(token)
+
+
+@contextmanager
+def tracked(model: str, protocol: str, endpoint: str) -> Iterator[dict]:
+    """In flight while inside; then counted and timed with the status (500 unless the caller sets
+    another) and the 4xx reason the caller leaves in the yielded dict."""
+    state = {"status": 500, "reason": None}
+    in_flight = metrics.IN_FLIGHT.labels(model, protocol)
+    in_flight.inc()
+    started = time.perf_counter()
+    try:
+        yield state
+    finally:
+        in_flight.dec()
+        record(model, protocol, endpoint, state["status"], state["reason"], time.perf_counter() - started)
+
+
+def note_rejection(reason: Optional[str]) -> None:
+    """Why the REST request in progress is being rejected, for the client-error counter."""
+    state = request_state.get()
+    if state is not None:
+        state["reason"] = reason
 
 
 def record(model: str, protocol: str, endpoint: str, status: int, reason: Optional[str], seconds: float) -> None:
@@ -104,9 +122,7 @@ def _describe(exc: RequestValidationError) -> str:
 
 
 async def validation_error_handler(_request, exc: RequestValidationError) -> JSONResponse:
-    state = request_state.get()
-    if state is not None:
-        state["reason"] = "malformed_body"
+    note_rejection("malformed_body")
     return JSONResponse(status_code=400, content={"error": _describe(exc)})
 
 

@@ -102,9 +102,7 @@ class PerfPredictor(Model):
         try:
             return await super().__call__(body, headers, verb)
         except InvalidInput as exc:
-            state = http.request_state.get()
-            if state is not None:
-                state["reason"] = getattr(exc, "code", None)
+            http.note_rejection(getattr(exc, "code", None))
             raise
 
     async def predict(self, payload: Any, headers: Dict[str, str] = None) -> Any:
