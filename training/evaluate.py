@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         series, desc = sources.load(args)
         evaluate(series, Path(args.model), Path(args.report), desc, holdout=args.holdout,
-                          every=args.every, jobs=args.jobs, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                          with_ets=not args.no_ets, plots=args.plots, allow_seen_data=args.allow_seen_data,
-                          update_card=not args.no_card_update, log=lambda m: print(m, file=sys.stderr))
+                 every=args.every, jobs=args.jobs, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                 with_ets=not args.no_ets, plots=args.plots, allow_seen_data=args.allow_seen_data,
+                 update_card=not args.no_card_update, log=lambda m: print(m, file=sys.stderr))
     except (OSError, ValueError, artifact.ModelLoadError) as exc:
         print(f"evaluate failed: {exc}", file=sys.stderr)
         return 2
