@@ -4,6 +4,12 @@ scikit-learn's predict costs ~8 µs per tree per call whatever the batch (a Pyth
 trees, each an OpenMP region), so 450 trees cost milliseconds for one series. Here every tree of
 every quantile's model sits in one node array and one numba-compiled loop walks them all per row:
 microseconds for one series, and the same float64 sums as scikit-learn (tests check equality).
+
+The float32 rows that `make_features` makes take a faster walk: each split's children sit side by
+side, so a step is `child + (x > threshold)` with no branch to mispredict, and four rows go down a
+tree together so the CPU overlaps their chains of dependent loads (1.6-1.7x faster than one row at a
+time here). Thresholds are rounded down to float32, which sends every float32 value the same way as
+scikit-learn's float64 comparison; rows with NaN take the exact general walk.
 """
 from __future__ import annotations
 
@@ -46,12 +52,87 @@ def _walk_parallel(x, feature, threshold, left, right, value, missing_left, root
               chunks[c], chunks[c + 1])
 
 
+@numba.njit(cache=False, nogil=True, inline="always")
+def _descend(x, i, node, feature, threshold, child):
+    """One step down; a leaf is its own child with an infinite threshold, so it stays put."""
+    return child[node] + (x[i, feature[node]] > threshold[node])
+
+
+@numba.njit(cache=False, nogil=True)
+def _walk_float32(x, feature, threshold, child, value, roots, tree_model, base, out, lo, hi):
+    for i in range(lo, hi):
+        for m in range(base.shape[0]):
+            out[m, i] = base[m]
+    for start in range(lo, hi, BLOCK):
+        stop = min(start + BLOCK, hi)
+        for t in range(roots.shape[0]):
+            root, m = roots[t], tree_model[t]
+            i = start
+            while i + 4 <= stop:  # four independent walks interleaved
+                a = b = c = d = root
+                while True:
+                    na = _descend(x, i, a, feature, threshold, child)
+                    nb = _descend(x, i + 1, b, feature, threshold, child)
+                    nc = _descend(x, i + 2, c, feature, threshold, child)
+                    nd = _descend(x, i + 3, d, feature, threshold, child)
+                    if na == a and nb == b and nc == c and nd == d:
+                        break
+                    a, b, c, d = na, nb, nc, nd
+                out[m, i] += value[a]
+                out[m, i + 1] += value[b]
+                out[m, i + 2] += value[c]
+                out[m, i + 3] += value[d]
+                i += 4
+            while i < stop:
+                a = root
+                while True:
+                    na = _descend(x, i, a, feature, threshold, child)
+                    if na == a:
+                        break
+                    a = na
+                out[m, i] += value[a]
+                i += 1
+
+
+@numba.njit(cache=False, nogil=True, parallel=True)
+def _walk_float32_parallel(x, feature, threshold, child, value, roots, tree_model, base, out, chunks):
+    for c in numba.prange(chunks.shape[0] - 1):
+        _walk_float32(x, feature, threshold, child, value, roots, tree_model, base, out, chunks[c], chunks[c + 1])
+
+
+def _float32_below(threshold: float) -> np.float32:
+    """The largest float32 not above `threshold`: `x > it` iff `x > threshold` for every float32 x."""
+    t32 = np.float32(threshold)
+    return np.nextafter(t32, np.float32(-np.inf)) if float(t32) > threshold else t32
+
+
+def _side_by_side(nodes: np.ndarray, offset: int) -> tuple[np.ndarray, ...]:
+    """One tree's nodes in breadth-first order with each split's children adjacent (left, right)."""
+    order, first_child = [0], {}
+    for old in order:  # grows while iterated: a breadth-first walk
+        if not nodes["is_leaf"][old]:
+            first_child[old] = len(order)
+            order += [int(nodes["left"][old]), int(nodes["right"][old])]
+    feature = np.zeros(len(order), np.int32)
+    threshold = np.full(len(order), np.inf, np.float32)
+    child = np.arange(offset, offset + len(order), dtype=np.int32)  # leaves point at themselves
+    value = np.zeros(len(order))
+    for new, old in enumerate(order):
+        if nodes["is_leaf"][old]:
+            value[new] = nodes["value"][old]
+        else:
+            feature[new] = nodes["feature_idx"][old]
+            threshold[new] = _float32_below(float(nodes["num_threshold"][old]))
+            child[new] = offset + first_child[old]
+    return feature, threshold, child, value
+
+
 class CompiledTrees:
     """Sum of leaf values plus baseline, per model: what HistGradientBoostingRegressor.predict returns
     for the pinball (quantile) and squared-error losses, whose inverse link is the identity."""
 
     def __init__(self, models: Sequence[HistGradientBoostingRegressor]):
-        nodes, roots, tree_model, offset = [], [], [], 0
+        nodes, roots, tree_model, offset, fast = [], [], [], 0, []
         for m, model in enumerate(models):
             if model.n_trees_per_iteration_ != 1 or model.loss not in ("quantile", "squared_error"):
                 raise ValueError("only single-output regressors with an identity link can be compiled")
@@ -59,6 +140,7 @@ class CompiledTrees:
                 if tree.nodes["is_categorical"].any():
                     raise ValueError("categorical splits are not supported")
                 nodes.append(tree.nodes)
+                fast.append(_side_by_side(tree.nodes, offset))
                 roots.append(offset)
                 tree_model.append(m)
                 offset += len(tree.nodes)
@@ -74,19 +156,30 @@ class CompiledTrees:
         self.tree_model = np.array(tree_model, dtype=np.int64)
         self.base = np.array([float(np.ravel(m._baseline_prediction)[0]) for m in models])
         self.n_models = len(models)
+        self.fast_feature, self.fast_threshold, self.fast_child, self.fast_value = (
+            np.concatenate(parts) for parts in zip(*fast))
 
     def _args(self, x: np.ndarray):
         return (x, self.feature, self.threshold, self.left, self.right, self.value, self.missing_left,
                 self.roots, self.tree_model, self.base)
 
+    def _float32_args(self, x: np.ndarray):
+        return (x, self.fast_feature, self.fast_threshold, self.fast_child, self.fast_value,
+                self.roots, self.tree_model, self.base)
+
     def predict(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         """x [n, features] -> [n_models, n] float64."""
-        x = np.ascontiguousarray(x, dtype=np.float64)  # scikit-learn compares float64 too
+        if x.dtype == np.float32 and not np.isnan(x).any():
+            walk, walk_parallel = _walk_float32, _walk_float32_parallel
+            args = self._float32_args(np.ascontiguousarray(x))
+        else:
+            walk, walk_parallel = _walk, _walk_parallel
+            args = self._args(np.ascontiguousarray(x, dtype=np.float64))  # scikit-learn compares float64
         out = np.empty((self.n_models, len(x)))
         if threads <= 1 or len(x) < 512:
-            _walk(*self._args(x), out, 0, len(x))
+            walk(*args, out, 0, len(x))
         else:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
             chunks = np.linspace(0, len(x), 4 * threads + 1).astype(np.int64)
-            _walk_parallel(*self._args(x), out, chunks)
+            walk_parallel(*args, out, chunks)
         return out
