@@ -131,10 +131,11 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from .fastpath import V2InferFastPath
+    from . import fastpath
 
-    # Starlette puts the last added outermost: metrics see everything, then content type, then the fast path.
-    model_server.app.add_middleware(V2InferFastPath)
+    # Starlette puts the last added outermost: metrics see everything, then content type. Our models'
+    # v2 infer requests are answered before all of it, and counted there.
+    fastpath.install(model_server.app)
     model_server.app.add_middleware(JsonContentTypeMiddleware)
     model_server.app.add_middleware(MetricsMiddleware)
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
