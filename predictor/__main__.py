@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "arrives while the previous predict runs)")
     parser.add_argument("--max_batch_series", type=int, default=4096,
                         help="most series per micro-batch (a larger single request still goes whole)")
+    parser.add_argument("--inline_max_series", type=int, default=32,
+                        help="REST batches of at most this many series are predicted on the event loop "
+                             "instead of the forecast thread (0: never)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     latency_lines = args.request_log if args.enable_latency_logging is None else args.enable_latency_logging
 
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads)
+    model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
+                          args.inline_max_series)
     try:
         model.load()
     except ModelLoadError as exc:

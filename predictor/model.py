@@ -24,12 +24,13 @@ logger = logging.getLogger("perf_predictor")
 
 class PerfPredictor(Model):
     def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096,
-                 predict_threads: int = 1):
+                 predict_threads: int = 1, inline_max_series: int = 0):
         super().__init__(name)
         self.model_dir = model_dir
         self.predict_threads = predict_threads
         self.max_batch_delay_ms = max_batch_delay_ms
         self.max_batch_series = max_batch_series
+        self.inline_max_series = inline_max_series
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
         self._batcher: Optional[MicroBatcher] = None
@@ -79,14 +80,16 @@ class PerfPredictor(Model):
                 for n in self.forecaster.spec.output_names]
 
     async def forecast(self, history: np.ndarray, protocol: str) -> np.ndarray:
-        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting."""
+        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting (small REST batches on
+        the event loop: see batching.py)."""
         metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
         metrics.SERIES.labels(self.name, protocol).inc(len(history))
         if self._batcher is None:
             self._batcher = MicroBatcher(partial(self.forecaster.predict, threads=self.predict_threads),
                                          self.max_batch_delay_ms / 1000,
-                                         self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe)
-        return await self._batcher.forecast(history)
+                                         self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe,
+                                         self.inline_max_series)
+        return await self._batcher.forecast(history, inline=protocol == "rest")
 
     async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
         """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""

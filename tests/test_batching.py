@@ -98,3 +98,27 @@ def test_a_failing_predict_fails_every_request_of_its_batch_and_the_next_batch_s
     results, after = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
     np.testing.assert_array_equal(after[0], rows(5, 1)[:, :2])
+
+
+def test_small_batches_that_allow_it_run_on_the_event_loop_and_others_on_the_forecast_thread():
+    import threading
+
+    where: list[tuple[int, str]] = []
+
+    def model(windows: np.ndarray) -> np.ndarray:
+        where.append((len(windows), threading.current_thread().name))
+        return np.stack([windows[:, :2]])
+
+    batcher = MicroBatcher(model, inline_max_series=4)
+
+    async def scenario():
+        loop_thread = threading.current_thread().name
+        await batcher.forecast(rows(0, 4), inline=True)  # small, allowed: on the loop
+        await batcher.forecast(rows(0, 5), inline=True)  # too many series: thread
+        await batcher.forecast(rows(0, 1), inline=False)  # not allowed (gRPC): thread
+        return loop_thread
+
+    loop_thread = asyncio.run(scenario())
+    assert where[0] == (4, loop_thread)
+    assert where[1][0] == 5 and where[1][1].startswith("forecast")
+    assert where[2][0] == 1 and where[2][1].startswith("forecast")
