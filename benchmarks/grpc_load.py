@@ -4,10 +4,12 @@
         --concurrency 16 --duration 10 --warmup 3          # prints one JSON line
     python benchmarks/grpc_load.py ... --verify              # one request; prints the decoded outputs
 
-The request (FP32 `history`, data in raw_input_contents) is serialized once; N asyncio tasks share one
-channel (one HTTP/2 connection, N concurrent streams, as a gRPC client does) and send those bytes
-back to back without decoding the replies, so the client costs as little as Python allows. It shares the
-machine with the server: its own CPU time is reported (`client_cpu_s`).
+The request (FP32 `history`, data in raw_input_contents) is serialized once; N asyncio tasks send
+those bytes back to back without decoding the replies, so the client costs as little as Python
+allows. Like wrk's connections, each task has its own channel (HTTP/2 connection) unless
+`--connections` says fewer, so a server with several worker processes behind one port (SO_REUSEPORT)
+sees its connections spread over them. It shares the machine with the server: its own CPU time is
+reported (`client_cpu_s`).
 """
 from __future__ import annotations
 
@@ -51,15 +53,19 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, max(0, int(np.ceil(q / 100 * len(sorted_ms))) - 1))]
 
 
-async def load(target: str, body: bytes, concurrency: int, duration: float, warmup: float, timeout: float) -> dict:
-    async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out
+async def load(target: str, body: bytes, concurrency: int, duration: float, warmup: float, timeout: float,
+               connections: int) -> dict:
+    # a private subchannel pool per channel: otherwise channels to one target share one connection
+    channels = [grpc.aio.insecure_channel(target, options=OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(max(1, min(connections, concurrency)))]
+    try:
+        calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
         latencies: list[float] = []
         counts = {"ok": 0, "errors": 0}
         codes: dict[str, int] = {}
         phase = {"measuring": False}
 
-        async def worker(deadline: float) -> None:
+        async def worker(deadline: float, call) -> None:
             while True:
                 t0 = time.perf_counter()
                 if t0 >= deadline:
@@ -80,13 +86,16 @@ async def load(target: str, body: bytes, concurrency: int, duration: float, warm
 
         if warmup > 0:
             end = time.perf_counter() + warmup
-            await asyncio.gather(*(worker(end) for _ in range(concurrency)))
+            await asyncio.gather(*(worker(end, calls[i % len(calls)]) for i in range(concurrency)))
         phase["measuring"] = True
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
-        await asyncio.gather(*(worker(start + duration) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(start + duration, calls[i % len(calls)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - start  # includes the calls still in flight at the deadline
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        for channel in channels:
+            await channel.close()
     latencies.sort()
     return {"requests": counts["ok"] + counts["errors"], "ok": counts["ok"], "errors": counts["errors"],
             "error_codes": codes, "duration_s": elapsed, "rps": counts["ok"] / elapsed,
@@ -104,6 +113,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--connections", type=int, help="channels (HTTP/2 connections); default: one per task")
     ap.add_argument("--verify", action="store_true")
     args = ap.parse_args()
     body = request_bytes(args.model, np.load(args.input))
@@ -116,7 +126,7 @@ def main() -> None:
                 print(json.dumps({"ok": False, "code": exc.code().name, "details": exc.details()}))
         return
     print(json.dumps(asyncio.run(load(args.target, body, args.concurrency, args.duration, args.warmup,
-                                      args.timeout))))
+                                      args.timeout, args.connections or args.concurrency))))
 
 
 if __name__ == "__main__":

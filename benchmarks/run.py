@@ -126,7 +126,7 @@ def ensure_wrk(install: bool) -> str:
 def mlserver_pins() -> list[str]:
     """MLServer plus the project's runtime dependencies (pyproject.toml) except kserve, each pinned to the
     version in this venv, so the runtime imports `forecaster` (through PYTHONPATH) and loads the same
-    model the same way."""
+    model the same way. Not uvloop: MLServer 1.7.1 needs its own pin (MLSERVER_PINS)."""
     import re
     import tomllib
 
@@ -134,7 +134,7 @@ def mlserver_pins() -> list[str]:
     pins = list(MLSERVER_PINS)
     for dep in deps:
         name = re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0]
-        if name.lower() == "kserve":
+        if name.lower() in ("kserve", "uvloop"):
             continue
         try:
             pins.append(f"{name}=={metadata.version(name)}")

@@ -13,6 +13,7 @@ import tempfile
 
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the model
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GRACE_PERIOD_S = 30  # KServe's default: in-flight requests get this long after SIGTERM
 
 
 def prepare_process_environment() -> None:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecaster.artifact import ModelLoadError
 
-    from . import grpc_fastpath, logs
+    from . import grpc_fastpath, logs, workers
     from .model import PerfPredictor
 
     args, _ = build_parser().parse_known_args(argv)
@@ -111,9 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         logging.getLogger("perf_predictor").error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
-    grpc_fastpath.install()  # the gRPC server lives in this (parent) process
+    grpc_in_workers = args.enable_grpc and args.workers > 1
+    if grpc_in_workers:  # every worker serves gRPC beside REST (predictor/workers.py)
+        workers.install(workers.GRPCSettings(args.grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args)))
+    else:
+        grpc_fastpath.install()  # the gRPC server lives in this process
     use_uvloop(args.event_loop)
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
+                enable_grpc=args.enable_grpc and not grpc_in_workers, grace_period=GRACE_PERIOD_S,
                 enable_latency_logging=latency_lines).start([model])
     return 0
 

@@ -83,7 +83,7 @@ def _grpc_listening(server: Server) -> bool:
 
 
 def wait_ready(server: Server, timeout: float = 60) -> None:
-    """Ready over HTTP, and the gRPC port open: with --workers > 1 KServe starts gRPC after every worker."""
+    """Ready over HTTP, and the gRPC port open (with --workers > 1, once the first worker has started)."""
     deadline = time.monotonic() + timeout
     url = f"{server.http_url}/v2/models/{MODEL_NAME}/ready"
     while time.monotonic() < deadline:

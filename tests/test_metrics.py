@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -33,6 +34,17 @@ def value(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, items), v in samples.items() if n == name and want <= set(items))
 
 
+def wait_for_workers(srv, n: int, timeout: float) -> None:
+    """Ready answers once one worker is up; KServe starts the others one after another."""
+    deadline = time.monotonic() + timeout
+    while True:
+        up = set(re.findall(r"^\S+ \S+ (\d+) uvicorn.error INFO Application startup complete", srv.log(), re.M))
+        if len(up) >= n:
+            return
+        assert time.monotonic() < deadline, f"only {len(up)} of {n} workers started:\n{srv.log()}"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def two_workers(model_dir, tmp_path_factory):
     """A 2-worker server whose metrics directory we can see, with a stale file from a "previous run"."""
@@ -42,6 +54,7 @@ def two_workers(model_dir, tmp_path_factory):
                        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     try:
         wait_ready(srv, timeout=120)
+        wait_for_workers(srv, 2, timeout=120)
         yield srv, metrics_dir
     finally:
         stop_server(srv)
@@ -122,6 +135,36 @@ def test_model_info_carries_the_card(known_load, model_dir):
     assert labels["quantiles"] == "0.1,0.5,0.9" and labels["trained_at"] == card["created_at"]
 
 
+def grpc_writers(metrics_dir) -> dict[int, float]:
+    """pid -> the gRPC requests that process counted, from each process's own counter file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counts: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for key, count, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            _, name, labels, _help = json.loads(key)
+            if name == "perf_predictor_requests_total" and labels.get("protocol") == "grpc":
+                counts[pid] = counts.get(pid, 0) + count
+    return counts
+
+
+def test_every_worker_serves_grpc(known_load, two_workers, window):
+    """KServe alone runs gRPC in the parent only; here each worker serves it on the shared port."""
+    srv, metrics_dir = two_workers
+    before = sum(grpc_writers(metrics_dir).values())
+    tensor = grpcclient.InferInput("history", [1, window], "FP32")
+    tensor.set_data_from_numpy(histories(1, window))
+    for i in range(16):  # 16 connections: a private subchannel pool per client
+        client = grpcclient.InferenceServerClient(srv.grpc_host, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+        client.infer(MODEL_NAME, [tensor])
+        client.close()
+    writers = grpc_writers(metrics_dir)
+    assert sum(writers.values()) == before + 16
+    assert srv.process.pid not in writers, "the parent process should not serve gRPC"
+    assert len([pid for pid, n in writers.items() if n > 0]) == 2, f"gRPC reached only {writers}"
+
+
 def test_dead_worker_leaves_counts_and_drops_its_live_gauges(known_load, two_workers):
     srv, metrics_dir = two_workers
     workers = sorted(int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("gauge_livesum_*.db"))
@@ -173,3 +216,4 @@ def test_json_logs_with_request_lines(model_dir, tmp_path, window):
     assert any("POST /v2/models/perf-predictor/infer" in m for m in messages), messages
     assert any("rejected request" in m for m in messages)
     assert any(r["logger"] == "perf_predictor" and "loaded model" in r["message"] for r in records)
+

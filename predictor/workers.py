@@ -1,0 +1,65 @@
+"""`--workers N` serves gRPC from every worker process, not only REST.
+
+KServe 0.21 starts N uvicorn worker processes for REST but its gRPC server in the parent only, so
+gRPC had one process's share of the machine whatever N was (800 single-series requests/s at 1 and
+at 2 workers, while REST doubled). With `install`, the parent starts no gRPC server; each worker runs
+KServe's GRPCServer (with our servicer) beside uvicorn on its own event loop, all bound to the same
+port with SO_REUSEPORT (gRPC's default on Linux), and the kernel spreads connections over them. One
+connection still lands on one worker, as it would on one pod: clients that open several connections
+(or a mesh proxy in front) get all the workers.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest import server as rest_server
+from kserve.protocol.rest.multiprocess import server as multiprocess_server
+
+
+@dataclass(frozen=True)
+class GRPCSettings:
+    port: int
+    max_threads: int
+    grace_period: int
+    options: dict  # KServe's parsed flags: the server reads its message size limits from them
+
+
+class RESTAndGRPCServer(rest_server.RESTServer):
+    """KServe's REST server for one worker process, with a gRPC server on the same event loop.
+
+    KServe pickles this object into each spawned worker and calls `run` there."""
+
+    def __init__(self, *args, grpc: GRPCSettings, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grpc = grpc
+
+    def run(self, sockets: Optional[list] = None) -> None:
+        from . import grpc_fastpath
+
+        grpc_fastpath.install()  # in this process: KServe's gRPC server builds our servicer
+        grpc_server = GRPCServer(self.grpc.port, self.dataplane, self.model_repository_extension,
+                                 kwargs=self.grpc.options, grace_period=self.grpc.grace_period)
+        self._server.__class__ = _with_grpc(type(self._server), grpc_server, self.grpc.max_threads)
+        super().run(sockets=sockets)
+
+
+def _with_grpc(server_class: type, grpc_server: GRPCServer, max_threads: int) -> type:
+    class ServerWithGRPC(server_class):
+        async def serve(self, sockets=None) -> None:
+            grpc_task = asyncio.get_running_loop().create_task(grpc_server.start(max_threads))
+            try:
+                await super().serve(sockets=sockets)
+            finally:  # uvicorn has drained REST after SIGTERM; now gRPC, within the same grace period
+                await grpc_server.stop()
+                grpc_task.cancel()
+
+    return ServerWithGRPC
+
+
+def install(grpc: GRPCSettings) -> None:
+    """Before ModelServer.start, in the parent, which must then not start its own gRPC server."""
+    multiprocess_server.RESTServer = functools.partial(RESTAndGRPCServer, grpc=grpc)
