@@ -3,6 +3,7 @@
     python benchmarks/grpc_load.py --target 127.0.0.1:8081 --model perf-predictor --input FILE.npy \
         --concurrency 16 --duration 10 --warmup 3          # prints one JSON line
     python benchmarks/grpc_load.py ... --verify              # one request; prints the decoded outputs
+    python benchmarks/grpc_load.py ... --frame FILE          # writes the request as a gRPC frame (for h2load)
 
 The request (FP32 `history`, data in raw_input_contents) is serialized once; N asyncio tasks send
 those bytes back to back without decoding the replies, so the client costs as little as Python
@@ -115,13 +116,18 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--connections", type=int, help="channels (HTTP/2 connections); default: one per task")
     ap.add_argument("--verify", action="store_true")
+    ap.add_argument("--frame", help="write the length-prefixed request message here and exit")
     args = ap.parse_args()
     body = request_bytes(args.model, np.load(args.input))
+    if args.frame:
+        with open(args.frame, "wb") as f:
+            f.write(b"\x00" + len(body).to_bytes(4, "big") + body)  # uncompressed, 4-byte big-endian length
+        return
     if args.verify:
         with grpc.insecure_channel(args.target, options=OPTIONS) as channel:
             try:
                 reply = channel.unary_unary(METHOD)(body, timeout=args.timeout)
-                print(json.dumps({"ok": True, "outputs": decode(reply)}))
+                print(json.dumps({"ok": True, "outputs": decode(reply), "reply_bytes": len(reply)}))
             except grpc.RpcError as exc:
                 print(json.dumps({"ok": False, "code": exc.code().name, "details": exc.details()}))
         return

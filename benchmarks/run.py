@@ -15,12 +15,14 @@ What it does, in one run on one machine:
    .cache/bench-venvs/mlserver), and MLServer serving the reference. Before loading a server, one request
    per batch size and protocol must answer 200 with outputs equal to the in-process forecast, or the
    run fails.
-4. Loads it with wrk (REST JSON; REST binary tensors) and benchmarks/grpc_load.py (gRPC, asyncio, one
-   channel, N streams): single series at concurrency 1 and 16, batch 256 at concurrency 1 (and 4),
-   1,000 series in one request.
+4. Loads it with wrk (REST JSON; REST binary tensors) and h2load (gRPC unary calls; --grpc-client python
+   uses benchmarks/grpc_load.py instead, which costs the shared cores ~0.5 ms of CPU per call), c
+   connections each: single series at concurrency 1 and 16, batch 256 at concurrency 1 (and 4), 1,000
+   series in one request.
 5. Writes benchmarks/results/latest.md and latest.json and prints the issue's target checks.
 
-Needs `wrk` (Debian package; installed with apt-get when missing and running as root).
+Needs `wrk` and `h2load` (Debian packages wrk and nghttp2-client; installed with apt-get when missing
+and running as root).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import hashlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -109,17 +112,17 @@ class Server:
 # ---------------------------------------------------------------- set-up
 
 
-def ensure_wrk(install: bool) -> str:
-    path = shutil.which("wrk")
+def ensure_tool(tool: str, package: str, install: bool) -> str:
+    path = shutil.which(tool)
     if path:
         return path
     if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        log("wrk not found: apt-get install -y wrk")
+        log(f"{tool} not found: apt-get install -y {package}")
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-        path = shutil.which("wrk")
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+        path = shutil.which(tool)
     if not path:
-        sys.exit("wrk is needed: apt-get install -y wrk (Debian/Ubuntu)")
+        sys.exit(f"{tool} is needed: apt-get install -y {package} (Debian/Ubuntu)")
     return path
 
 
@@ -332,8 +335,10 @@ def check_outputs(outputs: dict, expected: np.ndarray, names: list[str]) -> str 
 
 
 def verify(server: Server, protocol: str, bodies: dict, expected: dict, names: list[str]) -> dict:
-    """One request per batch size; returns {"ok": bool, "detail": str, "binary_reply": bool}."""
+    """One request per batch size; returns {"ok": bool, "detail": str, "binary_reply": bool,
+    "grpc_reply_bytes": {batch: size of the gRPC reply message}}."""
     binary_reply = False
+    reply_bytes: dict[int, int] = {}
     for batch, files in bodies.items():
         if protocol == "grpc":
             res = subprocess.run([sys.executable, str(BENCH / "grpc_load.py"), "--target", f"127.0.0.1:{server.grpc_port}",
@@ -345,6 +350,7 @@ def verify(server: Server, protocol: str, bodies: dict, expected: dict, names: l
             if not reply["ok"]:
                 return {"ok": False, "detail": f"batch {batch}: gRPC {reply['code']}: {reply['details'][:200]}"}
             outputs = reply["outputs"]
+            reply_bytes[batch] = reply["reply_bytes"]
         else:
             if protocol == "rest_json":
                 body, headers = files["json"].read_bytes(), {"Content-Type": "application/json"}
@@ -364,7 +370,7 @@ def verify(server: Server, protocol: str, bodies: dict, expected: dict, names: l
         problem = check_outputs(outputs, expected[batch], names)
         if problem:
             return {"ok": False, "detail": f"batch {batch}: {problem}"}
-    return {"ok": True, "detail": "", "binary_reply": binary_reply}
+    return {"ok": True, "detail": "", "binary_reply": binary_reply, "grpc_reply_bytes": reply_bytes}
 
 
 # ---------------------------------------------------------------- load
@@ -389,6 +395,39 @@ def run_wrk(wrk: str, url: str, body_file: Path, content_type: str, header_lengt
             "rps": (r["requests"] - r["non2xx"]) / seconds if seconds else 0.0,
             "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
             "max_ms": r["max_us"] / 1000, "client": "wrk"}
+
+
+def run_h2load(h2load: str, server: Server, npy: Path, reply_bytes: int, concurrency: int, duration: float,
+               warmup: float, work: Path) -> dict:
+    """gRPC unary calls from h2load (nghttp2's HTTP/2 load generator, C++ like wrk): C connections with
+    one call in flight each, as wrk does for REST. h2load knows HTTP status, not grpc-status: a call
+    counts as a success when its reply message came back, from the DATA bytes received (a failed call
+    is a trailers-only reply with none); the servers were checked for correct answers beforehand."""
+    frame = work / f"grpc-{server.model_name}-{npy.stem}.bin"
+    if not frame.exists():
+        subprocess.run([sys.executable, str(BENCH / "grpc_load.py"), "--target", "-", "--model", server.model_name,
+                        "--input", str(npy), "--frame", str(frame)], check=True)
+    requests_log = work / "h2load-requests.tsv"
+    requests_log.unlink(missing_ok=True)  # h2load appends
+    cmd = [h2load, "-c", str(concurrency), "-m", "1", "-t", str(min(2, concurrency)), "-D", str(max(1, round(duration))),
+           "-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"--log-file={requests_log}",
+           f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"]
+    if warmup > 0:
+        cmd[1:1] = [f"--warm-up-time={max(1, round(warmup))}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 300)
+    out = res.stdout
+    if res.returncode != 0 or "finished in" not in out:
+        raise RuntimeError(f"h2load failed: {out[-800:]} {res.stderr[-500:]}")
+    seconds = float(re.search(r"finished in ([\d.]+)s", out).group(1))
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    data = int(re.search(r"\((\d+)\) data", out).group(1))
+    answered = min(done, round(data / (reply_bytes + 5)))  # + the 5-byte gRPC message prefix
+    times = sorted(int(line.split("\t")[2]) / 1000 for line in requests_log.read_text().splitlines() if line)
+    pct = lambda q: times[min(len(times) - 1, max(0, int(np.ceil(q / 100 * len(times))) - 1))] if times else float("nan")
+    return {"requests": done, "errors": done - answered, "non2xx": done - answered, "rps": answered / seconds,
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": times[-1] if times else float("nan"),
+            "client": "h2load"}
 
 
 def run_grpc(server: Server, npy: Path, concurrency: int, duration: float, warmup: float) -> dict:
@@ -493,8 +532,10 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
              f"{' / '.join(f'{x:.1f}' for x in result['loadavg_start'])}, at end {' / '.join(f'{x:.1f}' for x in result['loadavg_end'])} · "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Command: `{result['command']}` · {result['duration_s']:.0f} s per measurement after "
-             f"{result['warmup_s']:.0f} s warm-up · REST load: wrk; gRPC load: benchmarks/grpc_load.py "
-             "(separate process, same 2 cores) · every server alone, OMP_NUM_THREADS=1", "",
+             f"{result['warmup_s']:.0f} s warm-up · REST load: wrk (c connections); gRPC load: "
+             + ("h2load (c connections, one call in flight each)" if result.get("grpc_client") == "h2load"
+                else "benchmarks/grpc_load.py (asyncio, a channel per caller; its CPU time in the last column)")
+             + " · load generators share the 2 cores · every server alone, OMP_NUM_THREADS=1", "",
              "## Servers", ""]
     for s in result["servers"]:
         lines.append(f"- **{s['name']}**: {s['description']} (ready in {fmt(s.get('ready_s'))} s)")
@@ -591,6 +632,8 @@ def main() -> int:
     ap.add_argument("--scenarios", help="comma-separated subset of: " + ",".join(s.key for s in SCENARIOS))
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 3)")
     ap.add_argument("--warmup", type=float, help="seconds of warm-up load before each (default 3, quick 1)")
+    ap.add_argument("--grpc-client", choices=["h2load", "python"], default="h2load",
+                    help="gRPC load generator: h2load (C++, like wrk for REST) or benchmarks/grpc_load.py")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get wrk or create the MLServer venv")
     args = ap.parse_args()
     duration = args.duration or (3.0 if args.quick else 10.0)
@@ -602,7 +645,8 @@ def main() -> int:
     server_names = [s for s in args.servers.split(",") if s]
 
     loadavg_start = os.getloadavg()
-    wrk = ensure_wrk(not args.no_install)
+    wrk = ensure_tool("wrk", "wrk", not args.no_install)
+    h2load = ensure_tool("h2load", "nghttp2-client", not args.no_install) if args.grpc_client == "h2load" else None
     work = args.work_dir
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -658,7 +702,11 @@ def main() -> int:
                 for sc in scenarios:
                     files = bodies[sc.batch]
                     if protocol == "grpc":
-                        r = run_grpc(server, files["npy"], sc.concurrency, duration, warmup)
+                        if h2load:
+                            r = run_h2load(h2load, server, files["npy"], check["grpc_reply_bytes"][sc.batch],
+                                           sc.concurrency, duration, warmup, work)
+                        else:
+                            r = run_grpc(server, files["npy"], sc.concurrency, duration, warmup)
                     else:
                         url = f"http://127.0.0.1:{server.http_port}/v2/models/{server.model_name}/infer"
                         binary = protocol == "rest_binary"
@@ -676,7 +724,7 @@ def main() -> int:
         finally:
             stop(proc)
 
-    result = {"mode": "quick" if args.quick else "full", "command": " ".join(["benchmarks/run.py"] + sys.argv[1:]),
+    result = {"mode": "quick" if args.quick else "full", "grpc_client": args.grpc_client, "command": " ".join(["benchmarks/run.py"] + sys.argv[1:]),
               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "duration_s": duration, "warmup_s": warmup, "machine": machine_info(mlserver_bin),
               "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(), "model_dir": str(model_dir),
