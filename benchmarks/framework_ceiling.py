@@ -1,0 +1,119 @@
+"""How many requests/s the serving stacks themselves allow on this machine, with no model at all.
+
+    .venv/bin/python benchmarks/framework_ceiling.py [--duration 5]
+
+Starts, one at a time, a uvicorn ASGI app and a grpc.aio server (both on uvloop, as perf-predictor runs)
+whose handlers return a fixed 240-byte reply, and loads them as `make bench` loads the real servers:
+wrk for REST, h2load for gRPC, single-series request bodies, concurrency 1 and 16. The gap between the
+two rows is the per-call cost of the frameworks, the part of "gRPC at least as fast as REST JSON" no
+model or codec work can close for small requests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPLY = b"x" * 240
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": REPLY})
+
+
+def serve_grpc(port: int) -> None:
+    import grpc
+    import uvloop
+
+    async def handler(_request: bytes, _context) -> bytes:
+        return REPLY
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(handler)}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def serve_asgi(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(asgi_app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning",
+                access_log=False)
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--serve", choices=["grpc", "asgi"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        (serve_grpc if args.serve == "grpc" else serve_asgi)(args.port)
+        return 0
+    sys.path.insert(0, str(BENCH))
+    import run
+
+    wrk, h2load = shutil.which("wrk"), shutil.which("h2load")
+    if not (wrk and h2load):
+        sys.exit("needs wrk and h2load (apt-get install wrk nghttp2-client)")
+    work = Path(tempfile.mkdtemp(prefix="ceiling-"))
+    history = run.workload(336, 1, seed=1001)
+    files = run.write_bodies(work, history)
+    port = run.free_port()
+    print("| stack | load | c=1 req/s | c=16 req/s |\n|---|---|---:|---:|")
+    for stack in ("asgi", "grpc"):
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", stack, "--port", str(port)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            wait_port(port)
+            rates = []
+            for c in (1, 16):
+                if stack == "asgi":
+                    r = run.run_wrk(wrk, f"http://127.0.0.1:{port}/", files["json"], "application/json", None, c,
+                                    args.duration, 1)
+                else:
+                    server = run.Server("ceiling", "project", "ceiling", [], 0, port)
+                    r = run.run_h2load(h2load, server, files["npy"], len(REPLY), c, args.duration, 1, work)
+                rates.append(r["rps"])
+            name = "uvicorn + httptools, uvloop" if stack == "asgi" else "grpc.aio, uvloop"
+            load = "wrk, REST JSON body" if stack == "asgi" else "h2load, gRPC ModelInfer body"
+            print(f"| {name} | {load} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
