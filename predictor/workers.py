@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest import server as rest_server
 from kserve.protocol.rest.multiprocess import server as multiprocess_server
+
+logger = logging.getLogger("perf_predictor")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,14 @@ def _with_grpc(server_class: type, grpc_server: GRPCServer, max_threads: int) ->
     class ServerWithGRPC(server_class):
         async def serve(self, sockets=None) -> None:
             grpc_task = asyncio.get_running_loop().create_task(grpc_server.start(max_threads))
+
+            def grpc_stopped(task: asyncio.Task) -> None:
+                if not task.cancelled() and task.exception() is not None:
+                    # as in KServe's single process, where a gRPC server that cannot start stops it all
+                    logger.error("gRPC server failed in worker %d: %s", os.getpid(), task.exception())
+                    self.should_exit = True
+
+            grpc_task.add_done_callback(grpc_stopped)
             try:
                 await super().serve(sockets=sockets)
             finally:  # uvicorn has drained REST after SIGTERM; now gRPC, within the same grace period
