@@ -40,24 +40,31 @@ def model_dir(tmp_path_factory) -> Path:
     return train_small_model(tmp_path_factory.mktemp("model") / "default")
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen
+class LoopbackAddresses:
+    """Client addresses of a predictor whose ports (`http_port`, `grpc_port`) are on 127.0.0.1."""
+
     http_port: int
     grpc_port: int
-    log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def http_host(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
     @property
+    def http_url(self) -> str:
+        return f"http://{self.http_host}"
+
+    @property
     def grpc_host(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+
+@dataclass
+class Server(LoopbackAddresses):
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

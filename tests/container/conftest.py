@@ -15,14 +15,13 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import MODEL_NAME, REPO, LoopbackAddresses
+
 CACHE = REPO / ".cache" / "container-test"
 METRICS_FILE = CACHE / "metrics.json"
-MODEL_NAME = "perf-predictor"
 IMAGE = os.environ.get("CONTAINER_TEST_IMAGE", "perf-predictor:container-test")
 DEV_IMAGE = IMAGE + "-dev" if ":" in IMAGE else IMAGE + ":dev"
 UID = 10001
@@ -117,25 +116,13 @@ def dev_image(image, metrics) -> str:
 
 
 @dataclass
-class Container:
+class Container(LoopbackAddresses):
     name: str
     http_port: int
     grpc_port: int
     started: float
     ready_seconds: float | None = None
     removed: bool = field(default=False)
-
-    @property
-    def http_host(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_host(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.http_host}"
 
     def logs(self) -> str:
         proc = docker("logs", self.name, check=False)
