@@ -227,6 +227,13 @@ def write_bodies(work: Path, history: np.ndarray) -> dict:
 # ---------------------------------------------------------------- in-process floor
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank percentile of sorted values; NaN for none."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(np.ceil(q / 100 * len(sorted_values))) - 1))]
+
+
 def time_floor(predict, windows: dict[int, np.ndarray], repeats: dict[int, int]) -> dict:
     out = {}
     for batch, history in windows.items():
@@ -240,7 +247,7 @@ def time_floor(predict, windows: dict[int, np.ndarray], repeats: dict[int, int])
             times.append((time.perf_counter() - t0) * 1000)
         times.sort()
         out[batch] = {"repeats": len(times), "median_ms": float(np.median(times)),
-                      "p99_ms": times[min(len(times) - 1, int(np.ceil(0.99 * len(times))) - 1)],
+                      "p99_ms": percentile(times, 99),
                       "us_per_series": float(np.median(times)) * 1000 / batch}
     return out
 
@@ -424,9 +431,9 @@ def run_h2load(h2load: str, server: Server, npy: Path, reply_bytes: int, concurr
     data = int(re.search(r"\((\d+)\) data", out).group(1))
     answered = min(done, round(data / (reply_bytes + 5)))  # + the 5-byte gRPC message prefix
     times = sorted(int(line.split("\t")[2]) / 1000 for line in requests_log.read_text().splitlines() if line)
-    pct = lambda q: times[min(len(times) - 1, max(0, int(np.ceil(q / 100 * len(times))) - 1))] if times else float("nan")
     return {"requests": done, "errors": done - answered, "non2xx": done - answered, "rps": answered / seconds,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": times[-1] if times else float("nan"),
+            "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90), "p99_ms": percentile(times, 99),
+            "max_ms": times[-1] if times else float("nan"),
             "client": "h2load"}
 
 

@@ -72,13 +72,9 @@ def use_uvloop(event_loop: str) -> None:
     --event-loop says (only its worker processes honour it); uvloop serves REST and gRPC faster."""
     if event_loop == "asyncio":
         return
-    try:
-        import uvloop
-    except ImportError:
-        if event_loop == "uvloop":
-            raise
-        return
     import asyncio
+
+    import uvloop  # a dependency of ours, so "auto" always finds it
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())  # KServe asks for the current loop before asyncio.run

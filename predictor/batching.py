@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
 Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class Pending(NamedTuple):
+    windows: np.ndarray
+    future: asyncio.Future
+    inline: bool  # may be predicted on the event loop
 
 
 class MicroBatcher:
@@ -30,7 +36,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.max_delay_s = max_delay_s
         self.max_series = max_series
-        self._pending: list[tuple[np.ndarray, asyncio.Future, bool]] = []
+        self._pending: list[Pending] = []
         self._wakeup: Optional[asyncio.Event] = None
         self._worker: Optional[asyncio.Task] = None
         # One thread runs every predict: the event loop stays free, and requests never compete for
@@ -45,18 +51,18 @@ class MicroBatcher:
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._run())
         future = loop.create_future()
-        self._pending.append((windows, future, inline))
+        self._pending.append(Pending(windows, future, inline))
         self._wakeup.set()
         return await future
 
-    def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future, bool]]:
+    def _take_batch(self) -> list[Pending]:
         batch, rows = [], 0
-        while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_series):
+        while self._pending and (not batch or rows + len(self._pending[0].windows) <= self.max_series):
             item = self._pending.pop(0)
-            if item[1].cancelled():
+            if item.future.cancelled():
                 continue
             batch.append(item)
-            rows += len(item[0])
+            rows += len(item.windows)
         return batch
 
     async def _run(self) -> None:
@@ -65,26 +71,26 @@ class MicroBatcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                if self.max_delay_s > 0 and sum(len(w) for w, _, _ in self._pending) < self.max_series:
+                if self.max_delay_s > 0 and sum(len(p.windows) for p in self._pending) < self.max_series:
                     await asyncio.sleep(self.max_delay_s)
                 batch = self._take_batch()
                 if not batch:
                     continue
-                windows = batch[0][0] if len(batch) == 1 else np.concatenate([w for w, _, _ in batch])
+                windows = batch[0].windows if len(batch) == 1 else np.concatenate([p.windows for p in batch])
                 self.on_batch(len(windows))
-                inline = len(windows) <= self.inline_max_series and all(ok for _, _, ok in batch)
+                inline = len(windows) <= self.inline_max_series and all(p.inline for p in batch)
                 try:
                     if inline:
                         result = self.predict(windows)
                     else:
                         result = await loop.run_in_executor(self._executor, self.predict, windows)
                 except Exception as exc:  # surfaced to every request of the batch
-                    for _, future, _ in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
                     continue
                 start = 0
-                for w, future, _ in batch:
-                    if not future.done():
-                        future.set_result(result[:, start : start + len(w)])
-                    start += len(w)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_result(result[:, start : start + len(p.windows)])
+                    start += len(p.windows)

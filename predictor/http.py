@@ -3,8 +3,9 @@
 - A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is read as
   JSON unless the binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
 - FastAPI's request validation errors (malformed v2 JSON) become 400 {"error": ...} instead of 422.
-- Every inference request is counted and timed here, outside KServe, so requests KServe rejects
-  before the model sees them are counted too; `/metrics` serves the sum over all worker processes.
+- Every inference request is counted and timed outside KServe (here; our models' v2 infer requests in
+  fastpath.py, with the same `tracked`), so requests KServe rejects before the model sees them are
+  counted too; `/metrics` serves the sum over all worker processes.
 """
 from __future__ import annotations
 

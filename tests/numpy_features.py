@@ -11,14 +11,7 @@ from forecaster.features import (ANCHOR_POINTS, MEAN_SPANS, N_LAGS, SEASON, SEAS
 
 
 def numpy_make_features(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows for every window and every step 1..horizon, ordered window-major.
-
-    Level-like features (lags, means, extremes, yesterday) are relative to the anchor, the point
-    the model's targets are relative to (`anchors`); `trend_36` is the least-squares slope of the
-    last 36 points times the step, a straight-line extrapolation.
-
-    Returns (X of shape [n * horizon, F] float32, levels of shape [n]).
-    """
+    """forecaster.features.make_features in numpy reductions: (X [n * horizon, F] float32, levels [n])."""
     windows = np.asarray(windows, dtype=np.float64)
     n, width = windows.shape
     if width < min_window(horizon):
