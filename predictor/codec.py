@@ -80,8 +80,10 @@ def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
 
 
 def _flat_or_regular_rows(data: simdjson.Array, shape: list[int]) -> bool:
+    """Whether `as_buffer`, which flattens any nesting, reads exactly the numbers the shape describes
+    (as far as lengths tell: anything else goes to numpy, which rejects irregular nesting)."""
     if not len(data) or not isinstance(data[0], simdjson.Array):
-        return True
+        return len(data) == shape[0] * shape[1]
     return len(data) == shape[0] and all(
         isinstance(row, simdjson.Array) and len(row) == shape[1] and not (len(row) and isinstance(row[0], simdjson.Array))
         for row in data)

@@ -203,6 +203,15 @@ def test_kserve_clients(server, window):
             np.testing.assert_allclose(np.array(results[client][n], dtype=np.float32), reference[n], rtol=1e-6)
 
 
+def test_v2_nested_rows_forecast_as_flat_data(server, window):
+    """The v2 spec allows `data` as nested rows; they take the same fast path as the flat form."""
+    data = histories(3, window)
+    flat = post(server, f"/v2/models/{MODEL_NAME}/infer", v2_body(window, shape=[3, window], data=data.ravel().tolist()))
+    nested = post(server, f"/v2/models/{MODEL_NAME}/infer", v2_body(window, shape=[3, window], data=data.tolist()))
+    assert flat[0] == nested[0] == 200, (flat, nested)
+    assert flat[1]["outputs"] == nested[1]["outputs"]
+
+
 def v2_body(window: int, **overrides) -> bytes:
     tensor = {"name": "history", "datatype": "FP32", "shape": [1, window], "data": [1.0] * window}
     tensor.update(overrides)
@@ -221,6 +230,13 @@ V2_BAD_INPUTS = {
     "no inputs": (lambda w: b'{"inputs": []}', "no inputs"),
     "inputs not a list": (lambda w: b'{"inputs": 5}', "malformed request body"),
     "non-JSON body": (lambda w: b"this is not json", "not valid JSON"),
+    "data not numbers": (lambda w: v2_body(w, data=["high"] * w), "does not match its shape"),
+    "data with null": (lambda w: v2_body(w, data=[1.0] * (w - 1) + [None]), "NaN or infinite"),
+    "ragged nested rows": (lambda w: v2_body(w, shape=[2, w], data=[[1.0] * (w + 1), [1.0] * (w - 1)]),
+                           "does not match its shape"),
+    "array first in flat data": (lambda w: v2_body(w, data=[[1.0, 1.0]] + [1.0] * (w - 2)), "does not match its shape"),
+    "array inside flat data": (lambda w: v2_body(w, data=[1.0, [1.0, 1.0]] + [1.0] * (w - 3)),
+                               "does not match its shape"),
 }
 
 
@@ -364,3 +380,19 @@ def test_grpc_requested_outputs_fp64_and_unknown_output(server, window, horizon)
     with pytest.raises(InferenceServerException) as err:
         client.infer(MODEL_NAME, [tensor], outputs=[grpcclient.InferRequestedOutput("p99")])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "unknown output 'p99'" in err.value.message()
+
+
+@pytest.mark.parametrize("event_loop, uses_uvloop", [("auto", True), ("uvloop", True), ("asyncio", False)])
+def test_a_single_process_runs_on_uvloop_unless_told_asyncio(event_loop, uses_uvloop):
+    """KServe runs a single process on the default asyncio loop whatever --event-loop says."""
+    import asyncio
+
+    import uvloop
+
+    from predictor.__main__ import use_uvloop
+
+    try:
+        use_uvloop(event_loop)
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy) is uses_uvloop
+    finally:
+        asyncio.set_event_loop_policy(None)
