@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "instead of the forecast thread (0: never)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
+    parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "envoy"),
+                        choices=["envoy", "kserve"],
+                        help="what serves --grpc_port: envoy in front of this server (predictor/grpc_front.py), "
+                             "or KServe's grpcio server itself (env PERF_PREDICTOR_GRPC_FRONT)")
+    parser.add_argument("--internal_grpc_port", type=int, default=0,
+                        help="with --grpc_front envoy: KServe's gRPC server, which envoy sends every RPC but "
+                             "ModelInfer to (0: a free port)")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecaster.artifact import ModelLoadError
 
-    from . import grpc_fastpath, logs, workers
+    from . import grpc_front, grpc_fastpath, logs, workers
     from .model import PerfPredictor
 
     args, _ = build_parser().parse_known_args(argv)
@@ -108,13 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         logging.getLogger("perf_predictor").error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
+    kserve_grpc_port = args.grpc_port
+    if args.enable_grpc and args.grpc_front == "envoy":
+        kserve_grpc_port = args.internal_grpc_port or grpc_front.free_loopback_port()
+        front = grpc_front.EnvoyFront(args.grpc_port, args.http_port, kserve_grpc_port, args.log_level,
+                                      args.log_format)
+        try:
+            front.start()
+        except RuntimeError as exc:
+            logging.getLogger("perf_predictor").error("gRPC front not started: %s", exc)
+            return 1
+        atexit.register(front.stop)
     grpc_in_workers = args.enable_grpc and args.workers > 1
     if grpc_in_workers:  # every worker serves gRPC beside REST (predictor/workers.py)
-        workers.install(workers.GRPCSettings(args.grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args)))
+        workers.install(workers.GRPCSettings(kserve_grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args)))
     else:
         grpc_fastpath.install()  # the gRPC server lives in this process
     use_uvloop(args.event_loop)
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
+    ModelServer(http_port=args.http_port, grpc_port=kserve_grpc_port, workers=args.workers,
                 enable_grpc=args.enable_grpc and not grpc_in_workers, grace_period=GRACE_PERIOD_S,
                 enable_latency_logging=latency_lines).start([model])
     return 0

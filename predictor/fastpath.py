@@ -17,7 +17,7 @@ from typing import Any, Optional
 import orjson
 from kserve.errors import InvalidInput
 
-from . import http
+from . import grpc_bridged, http
 
 logger = logging.getLogger("perf_predictor")
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
@@ -94,6 +94,8 @@ def install(app) -> None:
             model = served_model(scope)
             if model is not None:
                 return await serve(model, scope, receive, send)
+            if grpc_bridged.is_bridged_infer(scope):
+                return await grpc_bridged.serve(scope, receive, send, read_body)
             await base.__call__(self, scope, receive, send)
 
     FastPathApp.__name__ = f"FastPath{base.__name__}"

@@ -79,9 +79,10 @@ class PerfPredictor(Model):
         return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
                 for n in self.forecaster.spec.output_names]
 
-    async def forecast(self, history: np.ndarray, protocol: str) -> np.ndarray:
-        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting (small REST batches on
-        the event loop: see batching.py)."""
+    async def forecast(self, history: np.ndarray, protocol: str, inline: Optional[bool] = None) -> np.ndarray:
+        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. Small batches that came
+        through uvicorn (REST, and gRPC from the Envoy front) may be predicted on the event loop; grpcio's
+        own server hands calls to the loop one by one, so its batches always go to the thread (batching.py)."""
         metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
         metrics.SERIES.labels(self.name, protocol).inc(len(history))
         if self._batcher is None:
@@ -89,7 +90,7 @@ class PerfPredictor(Model):
                                          self.max_batch_delay_ms / 1000,
                                          self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe,
                                          self.inline_max_series)
-        return await self._batcher.forecast(history, inline=protocol == "rest")
+        return await self._batcher.forecast(history, inline=protocol == "rest" if inline is None else inline)
 
     async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
         """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""

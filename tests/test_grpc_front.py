@@ -1,0 +1,139 @@
+"""The gRPC port's front (predictor/grpc_front.py): Envoy in front of the REST port and KServe's gRPC
+server, with KServe's grpcio server itself still available as --grpc_front kserve."""
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
+from .test_serving import card, histories, window  # noqa: F401 (fixtures)
+from .test_workers import wait_for_log
+
+
+def envoy_children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split()[1] == "envoy"]
+
+
+def infer(srv, history: np.ndarray, **kwargs):
+    tensor = grpcclient.InferInput("history", list(history.shape), "FP32")
+    tensor.set_data_from_numpy(history)
+    return grpcclient.InferenceServerClient(srv.grpc_host).infer(MODEL_NAME, [tensor], **kwargs)
+
+
+def test_kserve_front_serves_the_same_forecasts(server, model_dir, tmp_path, window):
+    """--grpc_front kserve: grpcio's server on the public port, as before Envoy; same answers, same errors."""
+    srv = start_server(model_dir, tmp_path / "kserve.log", "--grpc_front", "kserve")
+    try:
+        wait_ready(srv)
+        assert envoy_children(srv.process.pid) == []
+        history = histories(3, window + 10)
+        for name in ("p10", "p50", "p90"):
+            np.testing.assert_array_equal(infer(srv, history).as_numpy(name), infer(server, history).as_numpy(name))
+        with pytest.raises(InferenceServerException) as direct:
+            infer(srv, history[:, :10])
+        with pytest.raises(InferenceServerException) as fronted:
+            infer(server, history[:, :10])
+        assert direct.value.status() == fronted.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert direct.value.message() == fronted.value.message()
+    finally:
+        stop_server(srv)
+
+
+def test_compressed_calls_are_read(server, window):
+    history = histories(2, window)
+    plain = infer(server, history).as_numpy("p50")
+    for algorithm in ("gzip", "deflate"):
+        np.testing.assert_array_equal(infer(server, history, compression_algorithm=algorithm).as_numpy("p50"), plain)
+
+
+def raw_call(srv, frame: bytes, encoding: str | None = None) -> tuple[int, dict]:
+    """One unary call as bytes on the wire, via curl's HTTP/2 (prior knowledge): status and trailers."""
+    headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if encoding:
+        headers += ["-H", f"grpc-encoding: {encoding}"]
+    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-D", "-", "--data-binary", "@-", *headers,
+                          f"http://{srv.grpc_host}/inference.GRPCInferenceService/ModelInfer"],
+                         input=frame, capture_output=True, timeout=30).stdout
+    lines = [line.decode(errors="replace").strip() for line in out.split(b"\r\n")]
+    fields = dict(line.split(": ", 1) for line in lines if ": " in line)
+    return int(fields.get("grpc-status", -1)), fields
+
+
+@pytest.mark.skipif(subprocess.run(["curl", "--version"], capture_output=True).stdout.find(b"HTTP2") < 0,
+                    reason="this curl has no HTTP/2")
+def test_malformed_frames_get_a_grpc_status(server):
+    from tritonclient.grpc.service_pb2 import ModelInferRequest  # kserve's own cannot share this process
+
+    message = ModelInferRequest(model_name=MODEL_NAME).SerializeToString()
+    cases = {
+        "short frame": (b"\x00\x00\x00", None, 3),
+        "length past the body": (b"\x00" + struct.pack(">I", 99) + message, None, 3),
+        "not protobuf": (b"\x00" + struct.pack(">I", 3) + b"\xff\xff\xff", None, 3),
+        "unknown compression": (b"\x01" + struct.pack(">I", len(message)) + message, "snappy", 12),
+        "gzip that is not": (b"\x01" + struct.pack(">I", 4) + b"nope", "gzip", 3),
+        "no inputs": (b"\x00" + struct.pack(">I", len(message)) + message, None, 3),
+    }
+    for name, (frame, encoding, expected) in cases.items():
+        status, fields = raw_call(server, frame, encoding)
+        assert status == expected, f"{name}: {fields}"
+        assert fields.get("grpc-message"), name
+    zipped = gzip.compress(message)  # a well-formed compressed call reaches the model's checks
+    status, fields = raw_call(server, b"\x01" + struct.pack(">I", len(zipped)) + zipped, "gzip")
+    assert status == 3 and "no inputs" in fields["grpc-message"]
+    assert infer(server, histories(1, 400)).as_numpy("p50").shape == (1, 12)  # still serving
+
+
+def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        srv = start_server(model_dir, tmp_path / "server.log", "--grpc_port", str(port))
+        try:
+            assert srv.process.wait(timeout=120) == 1
+        finally:
+            stop_server(srv)
+    assert f"gRPC front not started: gRPC port {port} is not free" in srv.log()
+
+
+def test_the_server_stops_when_envoy_dies(model_dir, tmp_path):
+    """Kubernetes restarts a container whose process exits; a server without its gRPC front would
+    look healthy over REST and fail every gRPC call."""
+    srv = start_server(model_dir, tmp_path / "server.log")
+    try:
+        wait_ready(srv)
+        (envoy,) = envoy_children(srv.process.pid)
+        os.kill(envoy, signal.SIGKILL)
+        srv.process.wait(timeout=60)
+        assert "envoy (the gRPC front) exited with status -9; stopping the server" in srv.log()
+    finally:
+        stop_server(srv)
+
+
+def test_envoy_goes_with_the_server(model_dir, tmp_path):
+    srv = start_server(model_dir, tmp_path / "server.log")
+    try:
+        wait_ready(srv)
+        (envoy,) = envoy_children(srv.process.pid)
+        srv.process.send_signal(signal.SIGKILL)  # no atexit: the kernel's parent-death signal must do it
+        srv.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{envoy}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{envoy}"), "envoy outlived its server"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{srv.http_url}/v2/health/live", timeout=2)
+    finally:
+        stop_server(srv)
