@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/framework_ceiling.py [--duration 5]
 
-Starts, one at a time, a uvicorn ASGI app and a grpc.aio server (both on uvloop, as perf-predictor runs)
-whose handlers return a fixed 240-byte reply, and loads them as `make bench` loads the real servers:
-wrk for REST, h2load for gRPC, single-series request bodies, concurrency 1 and 16. The gap between the
-two rows is the per-call cost of the frameworks, the part of "gRPC at least as fast as REST JSON" no
-model or codec work can close for small requests.
+Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs)
+and the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), whose
+handlers return a fixed 240-byte reply, and loads them as `make bench` loads the real servers: wrk for
+REST, h2load for gRPC, single-series request bodies, concurrency 1 and 16. The gaps between the rows
+are the per-call costs of the frameworks, the part of "gRPC at least as fast as REST JSON" no model or
+codec work can close for small requests.
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ async def asgi_app(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": REPLY})
+    if scope["path"] == METHOD:  # a gRPC call bridged by Envoy: one framed message
+        body, content_type = b"\x00" + len(REPLY).to_bytes(4, "big") + REPLY, b"application/grpc"
+    else:
+        body, content_type = REPLY, b"application/json"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def serve_grpc(port: int) -> None:
@@ -91,24 +97,34 @@ def main() -> int:
     files = run.write_bodies(work, history)
     port = run.free_port()
     print("| stack | load | c=1 req/s | c=16 req/s |\n|---|---|---:|---:|")
-    for stack in ("asgi", "grpc"):
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", stack, "--port", str(port)],
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    names = {"asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body"),
+             "grpc": ("grpc.aio, uvloop", "h2load, gRPC ModelInfer body"),
+             "envoy": ("Envoy gRPC front -> the uvicorn app", "h2load, gRPC ModelInfer body")}
+    for stack in names:
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", "grpc" if stack == "grpc" else "asgi",
+                                 "--port", str(port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        front = None
         try:
             wait_port(port)
+            if stack == "envoy":
+                sys.path.insert(0, str(BENCH.parent))
+                from predictor.grpc_front import EnvoyFront, free_loopback_port
+
+                front = EnvoyFront(run.free_port(), port, free_loopback_port())
+                front.start()
             rates = []
             for c in (1, 16):
                 if stack == "asgi":
                     r = run.run_wrk(wrk, f"http://127.0.0.1:{port}/", files["json"], "application/json", None, c,
                                     args.duration, 1)
                 else:
-                    server = run.Server("ceiling", "project", "ceiling", [], 0, port)
+                    server = run.Server("ceiling", "project", "ceiling", [], 0, front.grpc_port if front else port)
                     r = run.run_h2load(h2load, server, files["npy"], len(REPLY), c, args.duration, 1, work)
                 rates.append(r["rps"])
-            name = "uvicorn + httptools, uvloop" if stack == "asgi" else "grpc.aio, uvloop"
-            load = "wrk, REST JSON body" if stack == "asgi" else "h2load, gRPC ModelInfer body"
-            print(f"| {name} | {load} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
+            print(f"| {names[stack][0]} | {names[stack][1]} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
         finally:
+            if front:
+                front.stop()
             proc.terminate()
             proc.wait(timeout=10)
     shutil.rmtree(work, ignore_errors=True)

@@ -58,7 +58,17 @@ def _route(cluster: str, **extra) -> dict:
             **extra}
 
 
-def config(grpc_port: int, http_port: int, internal_grpc_port: int) -> dict:
+def listen_address() -> tuple[socket.AddressFamily, str]:
+    """All interfaces, as KServe's gRPC server listens: IPv6 and IPv4 where the host has IPv6."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::", 0))
+        return socket.AF_INET6, "::"
+    except OSError:
+        return socket.AF_INET, "0.0.0.0"
+
+
+def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str = "::") -> dict:
     """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static."""
     bridge_off = {BRIDGE: {"@type": f"{BRIDGE_TYPE}.FilterConfigPerRoute", "disabled": True}}
     routes = [
@@ -81,7 +91,8 @@ def config(grpc_port: int, http_port: int, internal_grpc_port: int) -> dict:
         "static_resources": {
             "listeners": [{
                 "name": "grpc",
-                "address": {"socket_address": {"address": "::", "port_value": grpc_port, "ipv4_compat": True}},
+                "address": {"socket_address": {"address": address, "port_value": grpc_port,
+                                               "ipv4_compat": address == "::"}},
                 "enable_reuse_port": False,  # a port someone else holds is an error, not a shared port
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": manager}]}],
@@ -108,9 +119,11 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child must not dlopen
+
+
 def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the thread that started Envoy ends
 
 
 class EnvoyFront:
@@ -119,16 +132,17 @@ class EnvoyFront:
     def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
                  log_format: str = "text"):
         self.grpc_port = grpc_port
-        self.config = config(grpc_port, http_port, internal_grpc_port)
+        self.family, address = listen_address()
+        self.config = config(grpc_port, http_port, internal_grpc_port, address)
         self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
         self.process: Optional[subprocess.Popen] = None
         self._stopping = False
 
     def start(self, timeout_s: float = 20.0) -> None:
-        with socket.socket(socket.AF_INET6) as probe:  # fail here, clearly, rather than in Envoy's log
+        with socket.socket(self.family) as probe:  # fail here, clearly, rather than in Envoy's log
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind(("::", self.grpc_port))
+                probe.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.grpc_port))
             except OSError as exc:
                 raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
         cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",

@@ -108,12 +108,17 @@ def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
     assert f"gRPC front not started: gRPC port {port} is not free" in srv.log()
 
 
-def test_the_server_stops_when_envoy_dies(model_dir, tmp_path):
+def test_the_server_stops_when_envoy_dies(model_dir, tmp_path, window):
     """Kubernetes restarts a container whose process exits; a server without its gRPC front would
-    look healthy over REST and fail every gRPC call."""
-    srv = start_server(model_dir, tmp_path / "server.log")
+    look healthy over REST and fail every gRPC call. (KServe's message size flag applies, too.)"""
+    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_max_receive_message_length", "100000")
     try:
         wait_ready(srv)
+        assert infer(srv, histories(50, window)).as_numpy("p50").shape == (50, 12)  # ~67 kB
+        with pytest.raises(InferenceServerException) as too_large:
+            infer(srv, histories(100, window))  # ~134 kB
+        assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "larger than max" in too_large.value.message()
         (envoy,) = envoy_children(srv.process.pid)
         os.kill(envoy, signal.SIGKILL)
         srv.process.wait(timeout=60)
