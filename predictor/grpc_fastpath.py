@@ -1,4 +1,5 @@
-"""gRPC ModelInfer for our models straight from the protobuf message to numpy and back.
+"""gRPC ModelInfer for our models straight from the protobuf message to numpy and back, when KServe's
+grpcio server serves the gRPC port (--grpc_front kserve; with Envoy in front, see grpc_bridged.py).
 
 KServe's servicer turns every request into its InferRequest/InferResponse objects; for a forecast
 that costs about a millisecond that detour dominates. KServe's GRPCServer builds its servicer from
@@ -26,7 +27,7 @@ class ForecastServicer(InferenceServicer):
                 spec = model.forecaster.spec
                 history = codec.decode_grpc(request, spec.window)
                 with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
-                    forecasts = await model.forecast(history, "grpc")
+                    forecasts = await model.forecast(history, "grpc", inline=False)
                 reply = codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
             except InvalidInput as exc:
                 state.update(status=400, reason=getattr(exc, "code", None))

@@ -79,10 +79,11 @@ class PerfPredictor(Model):
         return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
                 for n in self.forecaster.spec.output_names]
 
-    async def forecast(self, history: np.ndarray, protocol: str, inline: Optional[bool] = None) -> np.ndarray:
-        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. Small batches that came
-        through uvicorn (REST, and gRPC from the Envoy front) may be predicted on the event loop; grpcio's
-        own server hands calls to the loop one by one, so its batches always go to the thread (batching.py)."""
+    async def forecast(self, history: np.ndarray, protocol: str, inline: bool) -> np.ndarray:
+        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. `inline`: a small batch
+        may be predicted on the event loop; true for requests that came through uvicorn (REST, and gRPC
+        from the Envoy front), false for grpcio's server, which hands calls to the loop one by one
+        (batching.py)."""
         metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
         metrics.SERIES.labels(self.name, protocol).inc(len(history))
         if self._batcher is None:
@@ -90,14 +91,14 @@ class PerfPredictor(Model):
                                          self.max_batch_delay_ms / 1000,
                                          self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe,
                                          self.inline_max_series)
-        return await self._batcher.forecast(history, inline=protocol == "rest" if inline is None else inline)
+        return await self._batcher.forecast(history, inline=inline)
 
     async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
         """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""
         spec = self.forecaster.spec
         history, reply = codec.decode_v2_body(body, json_length, spec.window)
         with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():
-            forecasts = await self.forecast(history, "rest")
+            forecasts = await self.forecast(history, "rest", inline=True)
         return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
 
     async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
@@ -113,7 +114,7 @@ class PerfPredictor(Model):
         window, names = self.forecaster.spec.window, self.forecaster.spec.output_names
         if isinstance(payload, InferRequest):
             protocol = "grpc" if payload.from_grpc else "rest"
-            forecasts = await self.forecast(codec.decode_v2(payload, window), protocol)
+            forecasts = await self.forecast(codec.decode_v2(payload, window), protocol, inline=protocol == "rest")
             return codec.encode_v2(payload, self.name, self.version, names, forecasts)
-        forecasts = await self.forecast(codec.decode_v1(payload, window), "rest")
+        forecasts = await self.forecast(codec.decode_v1(payload, window), "rest", inline=True)
         return codec.encode_v1(names, forecasts)
