@@ -1,4 +1,4 @@
-# perf-predictor: KServe custom predictor (REST v2 on 8080, gRPC v2 on 8081).
+# perf-predictor: KServe custom predictor (REST v2 on 8080, gRPC v2 on 8081 through its Envoy child).
 #
 #   docker build -t perf-predictor .                         # runtime image (the default, last stage)
 #   docker build --target dev -t perf-predictor:dev .        # + restarts on predictor/**/*.py changes
