@@ -16,10 +16,9 @@ from urllib.parse import quote
 from google.protobuf.message import DecodeError
 from kserve import model_server
 from kserve.errors import InvalidInput
-from kserve.metrics import PREDICT_HIST_TIME, get_labels
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 
-from . import codec, http
+from . import http
 
 logger = logging.getLogger("perf_predictor")
 PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -101,11 +100,7 @@ async def serve(scope, receive, send, read_body) -> None:
         return await _fail(send, UNAVAILABLE, f"Model with name {request.model_name} is not ready.")
     with http.tracked(model.name, "grpc", "v2_infer") as state:
         try:
-            spec = model.forecaster.spec
-            history = codec.decode_grpc(request, spec.window)
-            with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
-                forecasts = await model.forecast(history, "grpc", inline=True)
-            reply = codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
+            reply = await model.infer_grpc(request, inline=True)
         except InvalidInput as exc:
             state.update(status=400, reason=getattr(exc, "code", None))
             logger.info("rejected request: %s", exc)

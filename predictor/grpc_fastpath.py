@@ -10,11 +10,10 @@ other RPC is KServe's.
 from __future__ import annotations
 
 from kserve.errors import InvalidInput
-from kserve.metrics import PREDICT_HIST_TIME, get_labels
 from kserve.protocol.grpc import server as kserve_grpc_server
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import codec, http
+from . import http
 
 
 class ForecastServicer(InferenceServicer):
@@ -24,11 +23,7 @@ class ForecastServicer(InferenceServicer):
             return await super().ModelInfer(request, context)
         with http.tracked(model.name, "grpc", "v2_infer") as state:
             try:
-                spec = model.forecaster.spec
-                history = codec.decode_grpc(request, spec.window)
-                with PREDICT_HIST_TIME.labels(**get_labels(model.name)).time():
-                    forecasts = await model.forecast(history, "grpc", inline=False)
-                reply = codec.encode_grpc(request, model.name, model.version, spec.output_names, forecasts)
+                reply = await model.infer_grpc(request, inline=False)
             except InvalidInput as exc:
                 state.update(status=400, reason=getattr(exc, "code", None))
                 raise

@@ -101,6 +101,14 @@ class PerfPredictor(Model):
             forecasts = await self.forecast(history, "rest", inline=True)
         return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
 
+    async def infer_grpc(self, request: Any, inline: bool) -> Any:
+        """gRPC ModelInfer, protobuf request to protobuf reply (grpc_bridged.py, grpc_fastpath.py)."""
+        spec = self.forecaster.spec
+        history = codec.decode_grpc(request, spec.window)
+        with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():
+            forecasts = await self.forecast(history, "grpc", inline=inline)
+        return codec.encode_grpc(request, self.name, self.version, spec.output_names, forecasts)
+
     async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
                        verb: InferenceVerb = InferenceVerb.PREDICT):
         """KServe's path (v1 REST): tell the metrics middleware why a request was rejected."""
