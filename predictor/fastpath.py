@@ -95,7 +95,7 @@ def install(app) -> None:
             if model is not None:
                 return await serve(model, scope, receive, send)
             if grpc_bridged.is_bridged_infer(scope):
-                return await grpc_bridged.serve(scope, receive, send, read_body)
+                return await grpc_bridged.serve(scope, receive, send)
             await base.__call__(self, scope, receive, send)
 
     FastPathApp.__name__ = f"FastPath{base.__name__}"

@@ -8,6 +8,7 @@ as it is. The checks and the reply are the codec's, as for KServe's gRPC server.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from typing import Optional
@@ -24,7 +25,8 @@ logger = logging.getLogger("perf_predictor")
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 # gRPC status codes (grpc/doc/statuscodes.md)
 INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 3, 5, 8, 12, 13, 14
-DECOMPRESS = {b"gzip": lambda data: zlib.decompress(data, 16 + zlib.MAX_WBITS), b"deflate": zlib.decompress}
+WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing for each grpc-encoding
+MAX_MESSAGE_TEXT = 1024  # grpc-message repeats client text (model names...); headers have limits
 ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
 
 
@@ -47,6 +49,8 @@ async def _reply(send, headers: list, body: bytes = b"") -> None:
 
 async def _fail(send, status: int, message: str) -> None:
     # grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec); printable ASCII but % passes as is
+    if len(message) > MAX_MESSAGE_TEXT:
+        message = message[:MAX_MESSAGE_TEXT] + "..."
     await _reply(send, [(b"grpc-status", str(status).encode()),
                         (b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())])
 
@@ -57,39 +61,71 @@ def _max_message_bytes() -> int:
     return limit if limit and limit > 0 else 1 << 62
 
 
-def message_of(body: bytes, encoding: Optional[bytes]) -> bytes:
+async def read_frame(receive, limit: int) -> bytes:
+    """The request body, refused once it is longer than one message of `limit` bytes can be."""
+    chunks, size = [], 0
+    while True:
+        event = await receive()
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit + 5:
+            raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({size - 5} vs. {limit})")
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _decompress(message: bytes, encoding: Optional[bytes], limit: int) -> bytes:
+    if encoding in (None, b"identity"):
+        raise CallError(INTERNAL, "the message is marked compressed but the call has no grpc-encoding")
+    if encoding not in WBITS:
+        raise CallError(UNIMPLEMENTED, f"message compressed with {encoding.decode('latin-1')!r}; "
+                                       "this server reads identity, deflate and gzip")
+    inflater = zlib.decompressobj(WBITS[encoding])
+    try:
+        out = inflater.decompress(message, limit + 1)  # never more than the limit allows, whatever the ratio
+    except zlib.error as exc:
+        raise CallError(INVALID_ARGUMENT, f"the compressed message does not decompress: {exc}") from None
+    if len(out) > limit:
+        raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max (more than {limit} bytes "
+                                            "once decompressed)")
+    if not inflater.eof or inflater.unused_data:
+        raise CallError(INVALID_ARGUMENT, f"the compressed message is not one whole {encoding.decode()} stream")
+    return out
+
+
+def message_of(body: bytes, encoding: Optional[bytes], limit: int) -> bytes:
     """The one message of a unary call, out of its gRPC frame (decompressed if the client compressed it)."""
     if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
         raise CallError(INVALID_ARGUMENT, "malformed gRPC frame: a unary call carries one length-prefixed message")
-    message, limit = body[5:], _max_message_bytes()
     if body[0] == 1:
-        decompress = DECOMPRESS.get(encoding or b"identity")
-        if decompress is None:
-            raise CallError(UNIMPLEMENTED, f"message compressed with {(encoding or b'').decode()!r}; "
-                                           "this server reads identity, deflate and gzip")
-        try:
-            message = decompress(message)
-        except zlib.error as exc:
-            raise CallError(INVALID_ARGUMENT, f"the compressed message does not decompress: {exc}") from None
-    elif body[0] != 0:
+        return _decompress(body[5:], encoding, limit)
+    if body[0] != 0:
         raise CallError(INVALID_ARGUMENT, "malformed gRPC frame: unknown compression flag")
-    if len(message) > limit:
-        raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({len(message)} vs. {limit})")
-    return message
+    return body[5:]
 
 
-def parse(body: bytes, encoding: Optional[bytes]) -> ModelInferRequest:
+def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferRequest:
     try:
-        return ModelInferRequest.FromString(message_of(body, encoding))
+        return ModelInferRequest.FromString(message_of(body, encoding, limit))
     except DecodeError as exc:
         raise CallError(INVALID_ARGUMENT, f"the message is not a ModelInferRequest: {exc}") from None
 
 
-async def serve(scope, receive, send, read_body) -> None:
-    body = await read_body(receive)
-    encoding = next((value for key, value in scope["headers"] if key == b"grpc-encoding"), None)
+async def serve(scope, receive, send) -> None:
     try:
-        request = parse(body, encoding)
+        await _serve(scope, receive, send)
+    except Exception as exc:  # a bug of ours: the client still gets a gRPC status, the server stays up
+        logger.exception("gRPC call failed")
+        with contextlib.suppress(Exception):  # unless the reply had already started
+            await _fail(send, INTERNAL, f"internal error: {type(exc).__name__}")
+
+
+async def _serve(scope, receive, send) -> None:
+    encoding = next((value for key, value in scope["headers"] if key == b"grpc-encoding"), None)
+    limit = _max_message_bytes()
+    try:
+        request = parse(await read_frame(receive, limit), encoding, limit)
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
         return await _fail(send, exc.status, str(exc))
@@ -105,9 +141,6 @@ async def serve(scope, receive, send, read_body) -> None:
             state.update(status=400, reason=getattr(exc, "code", None))
             logger.info("rejected request: %s", exc)
             return await _fail(send, INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # a bug of ours: the client still gets a gRPC status, the server stays up
-            logger.exception("inference failed")
-            return await _fail(send, INTERNAL, f"internal error: {type(exc).__name__}")
         state["status"] = 200
         message = reply.SerializeToString()
         await _reply(send, [], b"\x00" + len(message).to_bytes(4, "big") + message)

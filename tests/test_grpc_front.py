@@ -58,11 +58,11 @@ def test_compressed_calls_are_read(server, window):
         np.testing.assert_array_equal(infer(server, history, compression_algorithm=algorithm).as_numpy("p50"), plain)
 
 
-def raw_call(srv, frame: bytes, encoding: str | None = None) -> tuple[int, dict]:
+def raw_call(srv, frame: bytes, encoding: bytes | None = None) -> tuple[int, dict]:
     """One unary call as bytes on the wire, via curl's HTTP/2 (prior knowledge): status and trailers."""
     headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     if encoding:
-        headers += ["-H", f"grpc-encoding: {encoding}"]
+        headers += ["-H", b"grpc-encoding: " + encoding]
     out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-D", "-", "--data-binary", "@-", *headers,
                           f"http://{srv.grpc_host}/inference.GRPCInferenceService/ModelInfer"],
                          input=frame, capture_output=True, timeout=30).stdout
@@ -76,21 +76,29 @@ def raw_call(srv, frame: bytes, encoding: str | None = None) -> tuple[int, dict]
 def test_malformed_frames_get_a_grpc_status(server):
     from tritonclient.grpc.service_pb2 import ModelInferRequest  # kserve's own cannot share this process
 
+    def framed(message: bytes, flag: bytes = b"\x00") -> bytes:
+        return flag + struct.pack(">I", len(message)) + message
+
     message = ModelInferRequest(model_name=MODEL_NAME).SerializeToString()
+    bomb = gzip.compress(b"\x00" * (20 << 20))  # 20 MiB of zeros in ~20 kB; KServe's limit is 8 MiB
     cases = {
         "short frame": (b"\x00\x00\x00", None, 3),
         "length past the body": (b"\x00" + struct.pack(">I", 99) + message, None, 3),
-        "not protobuf": (b"\x00" + struct.pack(">I", 3) + b"\xff\xff\xff", None, 3),
-        "unknown compression": (b"\x01" + struct.pack(">I", len(message)) + message, "snappy", 12),
-        "gzip that is not": (b"\x01" + struct.pack(">I", 4) + b"nope", "gzip", 3),
-        "no inputs": (b"\x00" + struct.pack(">I", len(message)) + message, None, 3),
+        "not protobuf": (framed(b"\xff\xff\xff"), None, 3),
+        "unknown compression": (framed(message, b"\x01"), b"snappy", 12),
+        "compression not named": (framed(message, b"\x01"), None, 13),
+        "compression name not UTF-8": (framed(message, b"\x01"), b"\xff\xfe", 12),
+        "gzip that is not": (framed(b"nope", b"\x01"), b"gzip", 3),
+        "gzip bomb": (framed(bomb, b"\x01"), b"gzip", 8),
+        "no inputs": (framed(message), None, 3),
+        "100 kB model name": (framed(ModelInferRequest(model_name="m" * 100_000).SerializeToString()), None, 5),
     }
     for name, (frame, encoding, expected) in cases.items():
         status, fields = raw_call(server, frame, encoding)
         assert status == expected, f"{name}: {fields}"
-        assert fields.get("grpc-message"), name
-    zipped = gzip.compress(message)  # a well-formed compressed call reaches the model's checks
-    status, fields = raw_call(server, b"\x01" + struct.pack(">I", len(zipped)) + zipped, "gzip")
+        assert 0 < len(fields.get("grpc-message", "")) < 1200, name
+    # a well-formed compressed call reaches the model's checks
+    status, fields = raw_call(server, framed(gzip.compress(message), b"\x01"), b"gzip")
     assert status == 3 and "no inputs" in fields["grpc-message"]
     assert infer(server, histories(1, 400)).as_numpy("p50").shape == (1, 12)  # still serving
 
