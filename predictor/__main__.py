@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.enable_grpc and args.grpc_front == "envoy":
         kserve_grpc_port = args.internal_grpc_port or grpc_front.free_loopback_port()
         front = grpc_front.EnvoyFront(args.grpc_port, args.http_port, kserve_grpc_port, args.log_level,
-                                      args.log_format)
+                                      args.log_format, args.timeout_keep_alive)
         try:
             front.start()
         except RuntimeError as exc:

@@ -36,7 +36,7 @@ BRIDGE = "envoy.filters.http.grpc_http1_reverse_bridge"
 BRIDGE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3"
 
 
-def _cluster(name: str, port: int, http2: bool) -> dict:
+def _cluster(name: str, port: int, http2: bool, idle_timeout_s: int) -> dict:
     cluster = {
         "name": name, "type": "STATIC", "connect_timeout": "2s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
@@ -45,16 +45,20 @@ def _cluster(name: str, port: int, http2: bool) -> dict:
         "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
                                              "max_requests": 100000}]},
     }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
+        # close idle connections before the server behind does (uvicorn: --timeout_keep_alive), so a
+        # call never goes out on a connection the server is closing
+        "common_http_protocol_options": {"idle_timeout": f"{idle_timeout_s}s"}}}
     return cluster
 
 
 def _route(cluster: str, **extra) -> dict:
-    # no route timeout (Envoy's default is 15 s): the call's own grpc-timeout, if any, is the limit
-    return {"route": {"cluster": cluster, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}},
+    # no route timeout (Envoy's default is 15 s): the call's own grpc-timeout, if any, is the limit; a
+    # connection that fails or resets before a reply is tried once more (forecasts are pure functions)
+    return {"route": {"cluster": cluster, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                      "retry_policy": {"retry_on": "connect-failure,reset", "num_retries": 1}},
             **extra}
 
 
@@ -68,7 +72,8 @@ def listen_address() -> tuple[socket.AddressFamily, str]:
         return socket.AF_INET, "0.0.0.0"
 
 
-def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str = "::") -> dict:
+def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str = "::",
+           keep_alive_s: int = 65) -> dict:
     """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static."""
     bridge_off = {BRIDGE: {"@type": f"{BRIDGE_TYPE}.FilterConfigPerRoute", "disabled": True}}
     routes = [
@@ -97,7 +102,8 @@ def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": manager}]}],
             }],
-            "clusters": [_cluster("rest", http_port, http2=False), _cluster("kserve_grpc", internal_grpc_port, True)],
+            "clusters": [_cluster(name, port, http2, max(1, keep_alive_s - 5))
+                         for name, port, http2 in (("rest", http_port, False), ("kserve_grpc", internal_grpc_port, True))],
         },
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -122,18 +128,23 @@ def free_loopback_port() -> int:
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child must not dlopen
 
 
-def _die_with_parent() -> None:
-    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the thread that started Envoy ends
+def _die_with(parent: int):
+    def preexec() -> None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the thread that started Envoy ends
+        if os.getppid() != parent:  # it ended before the line above
+            os._exit(1)
+
+    return preexec
 
 
 class EnvoyFront:
     """Envoy on the public gRPC port; `start` returns once it accepts connections."""
 
     def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
-                 log_format: str = "text"):
+                 log_format: str = "text", keep_alive_s: int = 65):
         self.grpc_port = grpc_port
         self.family, address = listen_address()
-        self.config = config(grpc_port, http_port, internal_grpc_port, address)
+        self.config = config(grpc_port, http_port, internal_grpc_port, address, keep_alive_s)
         self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
         self.process: Optional[subprocess.Popen] = None
         self._stopping = False
@@ -147,7 +158,7 @@ class EnvoyFront:
                 raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
         cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",
                "--concurrency", "1", *self.log_args]
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
         deadline = time.monotonic() + timeout_s
         while True:
             status = self.process.poll()
