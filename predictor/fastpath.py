@@ -23,15 +23,6 @@ logger = logging.getLogger("perf_predictor")
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
 
 
-async def read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def respond(send, status: int, body: bytes, json_length: Optional[int] = None) -> None:
     headers = [(b"content-length", str(len(body)).encode())]
     if json_length is None:
@@ -61,7 +52,7 @@ def served_model(scope) -> Optional[Any]:
 
 async def serve(model, scope, receive, send) -> None:
     with http.tracked(model.name, "rest", "v2_infer") as state:
-        body = await read_body(receive)
+        body = await http.read_body(receive)
         json_length = None
         for key, value in scope["headers"]:
             if key == http.BINARY_HEADER:

@@ -20,9 +20,9 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 
 from . import http
+from .grpc_front import INFER_PATH
 
 logger = logging.getLogger("perf_predictor")
-PATH = "/inference.GRPCInferenceService/ModelInfer"
 # gRPC status codes (grpc/doc/statuscodes.md)
 INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 3, 5, 8, 12, 13, 14
 WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing for each grpc-encoding
@@ -37,7 +37,7 @@ class CallError(Exception):
 
 
 def is_bridged_infer(scope) -> bool:
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == INFER_PATH
 
 
 async def _reply(send, headers: list, body: bytes = b"") -> None:
@@ -59,20 +59,6 @@ def _max_message_bytes() -> int:
     # KServe's flag, as its own gRPC server applies it; every worker process parses the same argv
     limit = getattr(model_server.args, "grpc_max_receive_message_length", None)
     return limit if limit and limit > 0 else 1 << 62
-
-
-async def read_frame(receive, limit: int) -> bytes:
-    """The request body, refused once it is longer than one message of `limit` bytes can be."""
-    chunks, size = [], 0
-    while True:
-        event = await receive()
-        chunk = event.get("body", b"")
-        size += len(chunk)
-        if size > limit + 5:
-            raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({size - 5} vs. {limit})")
-        chunks.append(chunk)
-        if not event.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _decompress(message: bytes, encoding: Optional[bytes], limit: int) -> bytes:
@@ -105,6 +91,14 @@ def message_of(body: bytes, encoding: Optional[bytes], limit: int) -> bytes:
     return body[5:]
 
 
+async def _framed_body(receive, limit: int) -> bytes:
+    """The request body, refused as soon as it is longer than one message of `limit` bytes can be."""
+    try:
+        return await http.read_body(receive, max_bytes=limit + 5)
+    except http.BodyTooLarge as exc:
+        raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({exc.size - 5} vs. {limit})") from None
+
+
 def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferRequest:
     try:
         return ModelInferRequest.FromString(message_of(body, encoding, limit))
@@ -125,7 +119,7 @@ async def _serve(scope, receive, send) -> None:
     encoding = next((value for key, value in scope["headers"] if key == b"grpc-encoding"), None)
     limit = _max_message_bytes()
     try:
-        request = parse(await read_frame(receive, limit), encoding, limit)
+        request = parse(await _framed_body(receive, limit), encoding, limit)
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
         return await _fail(send, exc.status, str(exc))

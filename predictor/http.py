@@ -6,6 +6,7 @@
 - Every inference request is counted and timed outside KServe (here; our models' v2 infer requests in
   fastpath.py, with the same `tracked`), so requests KServe rejects before the model sees them are
   counted too; `/metrics` serves the sum over all worker processes.
+- `read_body` reads an ASGI body whole, for the fast paths (fastpath.py, grpc_bridged.py).
 """
 from __future__ import annotations
 
@@ -93,6 +94,26 @@ def tracked(model: str, protocol: str, endpoint: str) -> Iterator[dict]:
     finally:
         in_flight.dec()
         record(model, protocol, endpoint, state["status"], state["reason"], time.perf_counter() - started)
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, size: int):
+        super().__init__(f"request body of more than {size} bytes")
+        self.size = size
+
+
+async def read_body(receive, max_bytes: Optional[int] = None) -> bytes:
+    """An ASGI request's whole body; with `max_bytes`, BodyTooLarge as soon as more has arrived."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BodyTooLarge(size)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def note_rejection(reason: Optional[str]) -> None:
