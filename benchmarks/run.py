@@ -426,8 +426,10 @@ def run_h2load(h2load: str, server: Server, npy: Path, reply_bytes: int, concurr
     out = res.stdout
     if res.returncode != 0 or "finished in" not in out:
         raise RuntimeError(f"h2load failed: {out[-800:]} {res.stderr[-500:]}")
-    seconds = float(re.search(r"finished in ([\d.]+)s", out).group(1))
+    # "finished in" counts the warm-up too; h2load's own req/s is done / the measured phase's length.
+    rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    seconds = done / rate if rate > 0 else duration
     data = int(re.search(r"\((\d+)\) data", out).group(1))
     answered = min(done, round(data / (reply_bytes + 5)))  # + the 5-byte gRPC message prefix
     times = sorted(int(line.split("\t")[2]) / 1000 for line in requests_log.read_text().splitlines() if line)
