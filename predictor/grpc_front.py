@@ -17,12 +17,14 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from typing import Optional
 
 logger = logging.getLogger("perf_predictor")
@@ -72,8 +74,9 @@ def listen_address() -> tuple[socket.AddressFamily, str]:
 
 
 def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str = "::",
-           keep_alive_s: int = 65) -> dict:
-    """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static."""
+           keep_alive_s: int = 65, admin_port: int = 0) -> dict:
+    """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static; the admin API on
+    loopback (EnvoyFront.drain)."""
     bridge_off = {BRIDGE: {"@type": f"{BRIDGE_TYPE}.FilterConfigPerRoute", "disabled": True}}
     routes = [
         {"match": {"path": INFER_PATH}, **_route("rest")},
@@ -92,6 +95,7 @@ def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str
         ],
     }
     return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [{
                 "name": "grpc",
@@ -140,10 +144,14 @@ class EnvoyFront:
     """Envoy on the public gRPC port; `start` returns once it accepts connections."""
 
     def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
-                 log_format: str = "text", keep_alive_s: int = 65):
+                 log_format: str = "text", keep_alive_s: int = 65, drain_s: float = 0.0):
         self.grpc_port = grpc_port
         self.family, self.address = listen_address()
-        self.config = config(grpc_port, http_port, internal_grpc_port, self.address, keep_alive_s)
+        self.drain_s = drain_s  # the port still accepts connections this long after drain()
+        self.admin_port = free_loopback_port()
+        self.config = config(grpc_port, http_port, internal_grpc_port, self.address, keep_alive_s, self.admin_port)
+        self._owner = os.getpid()  # worker processes inherit this object; only its owner drains Envoy
+        self.draining = False
         self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
         self.process: Optional[subprocess.Popen] = None
         self._stopping = False
@@ -156,7 +164,8 @@ class EnvoyFront:
             except OSError as exc:
                 raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
         cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",
-               "--concurrency", "1", *self.log_args]
+               "--concurrency", "1", "--drain-strategy", "immediate",
+               "--drain-time-s", str(math.ceil(self.drain_s)), *self.log_args]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
         deadline = time.monotonic() + timeout_s
         while True:
@@ -180,11 +189,72 @@ class EnvoyFront:
             logger.error("envoy (the gRPC front) exited with status %s; stopping the server", status)
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def _admin(self, method: str, path: str) -> str:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=2) as reply:
+            return reply.read().decode()
+
+    def drain(self) -> bool:
+        """Before the REST server stops: Envoy's graceful drain, so every reply carries an HTTP/2 GOAWAY
+        and clients take their next calls elsewhere, as they do when grpcio's server stops with a grace
+        period. False if there is nothing to start (already draining, Envoy gone, or a worker process)."""
+        if self.draining or os.getpid() != self._owner or self.process is None or self.process.poll() is not None:
+            return False
+        self.draining = True
+        try:
+            self._admin("POST", "/drain_listeners?graceful&skip_exit")  # we stop Envoy ourselves
+        except OSError as exc:
+            logger.warning("envoy did not drain gRPC connections: %s", exc)
+        return True
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        """Until the replies of calls in flight have left Envoy (the REST server has answered them all)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                stats = self._admin("GET", "/stats?filter=downstream_rq_active")
+            except OSError:
+                return
+            if "http.grpc.downstream_rq_active: 0" in stats.splitlines():
+                return
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stopping = True
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if self.draining:
+                self._wait_idle(5.0)
+            try:
+                self._admin("POST", "/quitquitquit")  # SIGTERM would log a warning for an ordinary stop
+            except OSError:
+                self.process.terminate()
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def drain_on_shutdown(front: EnvoyFront, delay_s: float) -> None:
+    """On the first SIGTERM or SIGINT: drain Envoy, keep serving for `delay_s` so calls arriving
+    meanwhile are answered and carry the GOAWAY (Envoy sends it with a reply, not on idle connections),
+    then stop as KServe would. A second signal stops at once.
+
+    With one process, uvicorn takes the signal and stops REST at once (KServe's ModelServer.stop only
+    runs after it); with worker processes, ModelServer.stop takes it in this parent. Both are wrapped."""
+    import asyncio
+
+    import uvicorn
+    from kserve import ModelServer
+
+    handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
+
+    def after_drain(then, *args) -> None:
+        if not front.drain() or delay_s <= 0:
+            then(*args)
+            return
+        logger.info("draining gRPC connections; stopping in %.1fs", delay_s)
+        loop = asyncio.get_running_loop()  # a signal handler runs on the main thread, inside the loop
+        loop.call_soon_threadsafe(loop.call_later, delay_s, then, *args)
+
+    uvicorn.Server.handle_exit = lambda self, sig, frame: after_drain(handle_exit, self, sig, frame)
+    ModelServer.stop = lambda self, sig: after_drain(stop, self, sig)

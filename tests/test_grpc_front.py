@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +104,45 @@ def test_malformed_frames_get_a_grpc_status(server):
     status, fields = raw_call(server, framed(gzip.compress(message), b"\x01"), b"gzip")
     assert status == 3 and "no inputs" in fields["grpc-message"]
     assert infer(server, histories(1, 400)).as_numpy("p50").shape == (1, 12)  # still serving
+
+
+def call_with_nghttp(srv, frame: Path) -> list[str]:
+    """nghttp (Debian nghttp2-client) shows the frames it receives, GOAWAY among them."""
+    return ["nghttp", "-v", "-n", "-d", str(frame), "-H", "content-type:application/grpc", "-H", "te:trailers",
+            f"http://{srv.grpc_host}/inference.GRPCInferenceService/ModelInfer"]
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2-client) is not installed; .ci/run installs it")
+def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, window):
+    """On SIGTERM the call in flight, and a call on a new connection within --drain_seconds, are both
+    answered, each reply with an HTTP/2 GOAWAY (NO_ERROR) so the client goes elsewhere next; then the
+    server exits 0 and the port closes. Without the drain, the second call failed with UNAVAILABLE."""
+    from tritonclient.grpc.service_pb2 import ModelInferRequest
+
+    history = histories(1, window)
+    request = ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[history.astype("<f4").tobytes()])
+    request.inputs.add(name="history", datatype="FP32", shape=list(history.shape))
+    message = request.SerializeToString()
+    frame = tmp_path / "call.bin"
+    frame.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
+    # every batch is held 0.5 s, so the first call is still in flight when SIGTERM comes
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3")
+    try:
+        wait_ready(srv)
+        in_flight = subprocess.Popen(call_with_nghttp(srv, frame), stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        later = subprocess.run(call_with_nghttp(srv, frame), capture_output=True, text=True, timeout=30).stdout
+        for name, out in (("in flight", in_flight.communicate(timeout=30)[0]), ("after SIGTERM", later)):
+            assert "grpc-status: 0" in out, f"{name}:\n{out}"
+            assert re.search(r"recv GOAWAY frame .*\n.*error_code=NO_ERROR", out), f"{name}:\n{out}"
+        assert srv.process.wait(timeout=20) == 0
+        assert "draining gRPC connections; stopping in 3.0s" in srv.log()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=2).close()
+    finally:
+        stop_server(srv)
 
 
 def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
