@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ H2LOAD = shutil.which("h2load")
 # In a subprocess: benchmarks/run.py pins thread counts in os.environ when imported.
 RUN_H2LOAD = """
 import json, shutil, sys
-from pathlib import Path
 sys.path.insert(0, str(Path(sys.argv[1]) / "benchmarks"))
 import run
 npy, work, grpc_port, model_name, reply_bytes, duration, warmup = sys.argv[2:]
