@@ -38,6 +38,13 @@ def env_flag(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["envoy", "kserve"],
                         help="what serves --grpc_port: envoy in front of this server (predictor/grpc_front.py), "
                              "or KServe's grpcio server itself (env PERF_PREDICTOR_GRPC_FRONT)")
-    parser.add_argument("--drain_seconds", type=float, default=float(env_flag("PERF_PREDICTOR_DRAIN_SECONDS", "2")),
+    parser.add_argument("--drain_seconds", type=non_negative_int, default=env_flag("PERF_PREDICTOR_DRAIN_SECONDS", "2"),
                         help="with --grpc_front envoy: on SIGTERM, keep serving this long while every gRPC reply "
                              "carries a GOAWAY, so clients move before the server stops (env "
                              "PERF_PREDICTOR_DRAIN_SECONDS)")
@@ -124,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         kserve_grpc_port = args.internal_grpc_port or grpc_front.free_loopback_port()
         front = grpc_front.EnvoyFront(args.grpc_port, args.http_port, kserve_grpc_port, args.log_level,
                                       args.log_format, args.timeout_keep_alive, args.drain_seconds)
+        atexit.register(front.stop)
         try:
             front.start()
         except RuntimeError as exc:
             logging.getLogger("perf_predictor").error("gRPC front not started: %s", exc)
             return 1
-        atexit.register(front.stop)
-        grpc_front.drain_on_shutdown(front, args.drain_seconds)
+        grpc_front.drain_on_shutdown(front)
     grpc_in_workers = args.enable_grpc and args.workers > 1
     if grpc_in_workers:  # every worker serves gRPC beside REST (predictor/workers.py)
         workers.install(workers.GRPCSettings(kserve_grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import zlib
 from typing import Optional
 from urllib.parse import quote
@@ -28,6 +29,10 @@ INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAI
 WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing for each grpc-encoding
 MAX_MESSAGE_TEXT = 1024  # grpc-message repeats client text (model names...); headers have limits
 ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
+# the HTTP status a call rejected before the model saw it is counted with (http.record), by its gRPC
+# status; INTERNAL here is the spec's status for a compressed message without grpc-encoding
+HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 415,
+               INTERNAL: 400, UNAVAILABLE: 503}
 
 
 class CallError(Exception):
@@ -55,9 +60,9 @@ async def _fail(send, status: int, message: str) -> None:
                         (b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())])
 
 
-def _max_message_bytes() -> int:
-    # KServe's flag, as its own gRPC server applies it; every worker process parses the same argv
-    limit = getattr(model_server.args, "grpc_max_receive_message_length", None)
+def _max_message_bytes(direction: str) -> int:
+    # KServe's flags, as its own gRPC server applies them; every worker process parses the same argv
+    limit = getattr(model_server.args, f"grpc_max_{direction}_message_length", None)
     return limit if limit and limit > 0 else 1 << 62
 
 
@@ -115,19 +120,26 @@ async def serve(scope, receive, send) -> None:
             await _fail(send, INTERNAL, f"internal error: {type(exc).__name__}")
 
 
+async def _reject(send, model: str, status: int, message: str, started: float) -> None:
+    # counted as the REST path counts its rejections (a model it does not know as "unknown")
+    http.record(model, "grpc", "v2_infer", HTTP_STATUS[status], None, time.perf_counter() - started)
+    await _fail(send, status, message)
+
+
 async def _serve(scope, receive, send) -> None:
+    started = time.perf_counter()
     encoding = next((value for key, value in scope["headers"] if key == b"grpc-encoding"), None)
-    limit = _max_message_bytes()
+    limit = _max_message_bytes("receive")
     try:
         request = parse(await _framed_body(receive, limit), encoding, limit)
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
-        return await _fail(send, exc.status, str(exc))
+        return await _reject(send, "unknown", exc.status, str(exc), started)
     model = http.SERVED.get(request.model_name)
     if model is None:  # status and message as KServe's gRPC server gives them
-        return await _fail(send, NOT_FOUND, f"Model with name {request.model_name} does not exist.")
+        return await _reject(send, "unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started)
     if not model.ready:
-        return await _fail(send, UNAVAILABLE, f"Model with name {request.model_name} is not ready.")
+        return await _reject(send, model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started)
     with http.tracked(model.name, "grpc", "v2_infer") as state:
         try:
             reply = await model.infer_grpc(request, inline=True)
@@ -135,6 +147,9 @@ async def _serve(scope, receive, send) -> None:
             state.update(status=400, reason=getattr(exc, "code", None))
             logger.info("rejected request: %s", exc)
             return await _fail(send, INVALID_ARGUMENT, str(exc))
-        state["status"] = 200
         message = reply.SerializeToString()
+        if len(message) > (send_limit := _max_message_bytes("send")):  # as grpcio's server refuses to send it
+            state["status"] = 413  # counted as a client error, reason too_large
+            return await _fail(send, RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})")
+        state["status"] = 200
         await _reply(send, [], b"\x00" + len(message).to_bytes(4, "big") + message)

@@ -15,16 +15,17 @@ this process stops too, so Kubernetes restarts the container rather than serving
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import logging
-import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-import urllib.request
 from typing import Optional
 
 logger = logging.getLogger("perf_predictor")
@@ -74,9 +75,9 @@ def listen_address() -> tuple[socket.AddressFamily, str]:
 
 
 def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str = "::",
-           keep_alive_s: int = 65, admin_port: int = 0) -> dict:
+           keep_alive_s: int = 65, admin_socket: str = "") -> dict:
     """Envoy's bootstrap: the public gRPC listener and its two upstreams, all static; the admin API on
-    loopback (EnvoyFront.drain)."""
+    a Unix socket (EnvoyFront.drain, stop)."""
     bridge_off = {BRIDGE: {"@type": f"{BRIDGE_TYPE}.FilterConfigPerRoute", "disabled": True}}
     routes = [
         {"match": {"path": INFER_PATH}, **_route("rest")},
@@ -95,7 +96,7 @@ def config(grpc_port: int, http_port: int, internal_grpc_port: int, address: str
         ],
     }
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}},
         "static_resources": {
             "listeners": [{
                 "name": "grpc",
@@ -144,13 +145,15 @@ class EnvoyFront:
     """Envoy on the public gRPC port; `start` returns once it accepts connections."""
 
     def __init__(self, grpc_port: int, http_port: int, internal_grpc_port: int, log_level: str = "INFO",
-                 log_format: str = "text", keep_alive_s: int = 65, drain_s: float = 0.0):
+                 log_format: str = "text", keep_alive_s: int = 65, drain_s: int = 0):
         self.grpc_port = grpc_port
         self.family, self.address = listen_address()
         self.drain_s = drain_s  # the port still accepts connections this long after drain()
-        self.admin_port = free_loopback_port()
-        self.config = config(grpc_port, http_port, internal_grpc_port, self.address, keep_alive_s, self.admin_port)
-        self._owner = os.getpid()  # worker processes inherit this object; only its owner drains Envoy
+        # the admin API on a Unix socket only our user can open, not on a port any container of the pod can
+        self._admin_dir = tempfile.mkdtemp(prefix="perf-predictor-envoy-")
+        self.admin_socket = os.path.join(self._admin_dir, "admin.sock")
+        self.config = config(grpc_port, http_port, internal_grpc_port, self.address, keep_alive_s, self.admin_socket)
+        self._owner = os.getpid()  # a forked child would carry this object; only its owner drains Envoy
         self.draining = False
         self.log_args = ["--log-level", LOG_LEVELS[log_level], "--log-format", LOG_FORMATS[log_format]]
         self.process: Optional[subprocess.Popen] = None
@@ -165,7 +168,7 @@ class EnvoyFront:
                 raise RuntimeError(f"gRPC port {self.grpc_port} is not free: {exc.strerror}") from None
         cmd = [envoy_path(), "--config-yaml", json.dumps(self.config), "--disable-hot-restart",
                "--concurrency", "1", "--drain-strategy", "immediate",
-               "--drain-time-s", str(math.ceil(self.drain_s)), *self.log_args]
+               "--drain-time-s", str(self.drain_s), *self.log_args]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
         deadline = time.monotonic() + timeout_s
         while True:
@@ -190,9 +193,16 @@ class EnvoyFront:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _admin(self, method: str, path: str) -> str:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
-        with urllib.request.urlopen(request, timeout=2) as reply:
-            return reply.read().decode()
+        connection = _UnixHTTPConnection(self.admin_socket, timeout=2)
+        try:
+            connection.request(method, path)
+            reply = connection.getresponse()
+            body = reply.read().decode()
+            if reply.status != 200:
+                raise OSError(f"envoy admin {path}: HTTP {reply.status} {body.strip()[:200]}")
+            return body
+        finally:
+            connection.close()
 
     def drain(self) -> bool:
         """Before the REST server stops: Envoy's graceful drain, so every reply carries an HTTP/2 GOAWAY
@@ -218,6 +228,7 @@ class EnvoyFront:
             if "http.grpc.downstream_rq_active: 0" in stats.splitlines():
                 return
             time.sleep(0.05)
+        logger.warning("envoy still had gRPC calls in flight %.0fs after the REST server stopped", timeout_s)
 
     def stop(self) -> None:
         self._stopping = True
@@ -232,12 +243,24 @@ class EnvoyFront:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        shutil.rmtree(self._admin_dir, ignore_errors=True)
 
 
-def drain_on_shutdown(front: EnvoyFront, delay_s: float) -> None:
-    """On the first SIGTERM or SIGINT: drain Envoy, keep serving for `delay_s` so calls arriving
-    meanwhile are answered and carry the GOAWAY (Envoy sends it with a reply, not on idle connections),
-    then stop as KServe would. A second signal stops at once.
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def drain_on_shutdown(front: EnvoyFront) -> None:
+    """On the first SIGTERM or SIGINT: drain Envoy, keep serving for `front.drain_s` so calls arriving
+    meanwhile are answered and carry the GOAWAY (Envoy sends it with a reply, not on an idle
+    connection), then stop as KServe would. A second signal ends the wait at once.
 
     With one process, uvicorn takes the signal and stops REST at once (KServe's ModelServer.stop only
     runs after it); with worker processes, ModelServer.stop takes it in this parent. Both are wrapped."""
@@ -247,14 +270,21 @@ def drain_on_shutdown(front: EnvoyFront, delay_s: float) -> None:
     from kserve import ModelServer
 
     handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
+    waiting: list[asyncio.Handle] = []
 
     def after_drain(then, *args) -> None:
-        if not front.drain() or delay_s <= 0:
+        if not front.drain() or front.drain_s <= 0:
+            for handle in waiting:
+                handle.cancel()
             then(*args)
             return
-        logger.info("draining gRPC connections; stopping in %.1fs", delay_s)
-        loop = asyncio.get_running_loop()  # a signal handler runs on the main thread, inside the loop
-        loop.call_soon_threadsafe(loop.call_later, delay_s, then, *args)
+        try:
+            loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the loop
+        except RuntimeError:  # the loop has not started or has ended: nothing to wait for
+            then(*args)
+            return
+        logger.info("draining gRPC connections; stopping in %ds", front.drain_s)
+        waiting.append(loop.call_soon_threadsafe(lambda: waiting.append(loop.call_later(front.drain_s, then, *args))))
 
     uvicorn.Server.handle_exit = lambda self, sig, frame: after_drain(handle_exit, self, sig, frame)
     ModelServer.stop = lambda self, sig: after_drain(stop, self, sig)

@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
+from .test_metrics import scrape, value
 from .test_serving import card, histories, window  # noqa: F401 (fixtures)
 from .test_workers import wait_for_log
 
@@ -96,10 +97,17 @@ def test_malformed_frames_get_a_grpc_status(server):
         "no inputs": (framed(message), None, 3),
         "100 kB model name": (framed(ModelInferRequest(model_name="m" * 100_000).SerializeToString()), None, 5),
     }
+    before = scrape(server)
     for name, (frame, encoding, expected) in cases.items():
         status, fields = raw_call(server, frame, encoding)
         assert status == expected, f"{name}: {fields}"
         assert 0 < len(fields.get("grpc-message", "")) < 1200, name
+    after = scrape(server)
+    # counted as REST counts its rejections; "no inputs" reached the model and counts under its name
+    for reason, calls in {"invalid_request": 5, "unsupported_media_type": 2, "too_large": 1, "unknown_model": 1}.items():
+        counted = [value(samples, "perf_predictor_client_errors_total", model="unknown", protocol="grpc", reason=reason)
+                   for samples in (before, after)]
+        assert counted[1] - counted[0] == calls, reason
     # a well-formed compressed call reaches the model's checks
     status, fields = raw_call(server, framed(gzip.compress(message), b"\x01"), b"gzip")
     assert status == 3 and "no inputs" in fields["grpc-message"]
@@ -127,10 +135,14 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
     frame.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
     # every batch is held 0.5 s, so the first call is still in flight when SIGTERM comes
     srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3")
+    in_flight = None
     try:
         wait_ready(srv)
         in_flight = subprocess.Popen(call_with_nghttp(srv, frame), stdout=subprocess.PIPE, text=True)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="grpc") < 1:
+            assert time.monotonic() < deadline, "the first call never reached the model"
+            time.sleep(0.02)
         srv.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         later = subprocess.run(call_with_nghttp(srv, frame), capture_output=True, text=True, timeout=30).stdout
@@ -138,10 +150,13 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
             assert "grpc-status: 0" in out, f"{name}:\n{out}"
             assert re.search(r"recv GOAWAY frame .*\n.*error_code=NO_ERROR", out), f"{name}:\n{out}"
         assert srv.process.wait(timeout=20) == 0
-        assert "draining gRPC connections; stopping in 3.0s" in srv.log()
+        assert "draining gRPC connections; stopping in 3s" in srv.log()
+        assert "still had gRPC calls in flight" not in srv.log()  # Envoy's own count reached 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=2).close()
     finally:
+        if in_flight is not None and in_flight.poll() is None:
+            in_flight.kill()
         stop_server(srv)
 
 
@@ -160,15 +175,17 @@ def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
 
 def test_the_server_stops_when_envoy_dies(model_dir, tmp_path, window):
     """Kubernetes restarts a container whose process exits; a server without its gRPC front would
-    look healthy over REST and fail every gRPC call. (KServe's message size flag applies, too.)"""
-    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_max_receive_message_length", "100000")
+    look healthy over REST and fail every gRPC call. (KServe's message size flags apply, too.)"""
+    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_max_receive_message_length", "100000",
+                       "--grpc_max_send_message_length", "5000")
     try:
         wait_ready(srv)
-        assert infer(srv, histories(50, window)).as_numpy("p50").shape == (50, 12)  # ~67 kB
-        with pytest.raises(InferenceServerException) as too_large:
-            infer(srv, histories(100, window))  # ~134 kB
-        assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
-        assert "larger than max" in too_large.value.message()
+        assert infer(srv, histories(20, window)).as_numpy("p50").shape == (20, 12)  # ~27 kB in, ~3 kB out
+        for series in (50, 100):  # ~67 kB in and ~7 kB out: too much to send; ~134 kB in: too much to take
+            with pytest.raises(InferenceServerException) as too_large:
+                infer(srv, histories(series, window))
+            assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            assert ("Sent" if series == 50 else "received") + " message larger than max" in too_large.value.message()
         (envoy,) = envoy_children(srv.process.pid)
         os.kill(envoy, signal.SIGKILL)
         srv.process.wait(timeout=60)
