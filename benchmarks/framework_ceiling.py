@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/framework_ceiling.py [--duration 5]
 
-Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs)
-and the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), whose
-handlers return a fixed 240-byte reply, and loads them as `make bench` loads the real servers: wrk for
-REST, h2load for gRPC, single-series request bodies, concurrency 1 and 16. The gaps between the rows
-are the per-call costs of the frameworks, the part of "gRPC at least as fast as REST JSON" no model or
-codec work can close for small requests.
+Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs),
+the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), and a candidate
+design not served yet, libnghttp2 inside the Python process (benchmarks/nghttp2_ceiling_server.py;
+skipped without the library), whose handlers return a fixed 240-byte reply, and loads them as
+`make bench` loads the real servers: wrk for REST, h2load for gRPC, single-series request bodies,
+concurrency 1 and 16. The gaps between the rows are the per-call costs of the frameworks, the part of
+"gRPC at least as fast as REST JSON" no model or codec work can close for small requests.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import os
 import shutil
 import subprocess
@@ -99,10 +101,16 @@ def main() -> int:
     print("| stack | load | c=1 req/s | c=16 req/s |\n|---|---|---:|---:|")
     names = {"asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body"),
              "grpc": ("grpc.aio, uvloop", "h2load, gRPC ModelInfer body"),
-             "envoy": ("Envoy gRPC front -> the uvicorn app", "h2load, gRPC ModelInfer body")}
+             "envoy": ("Envoy gRPC front -> the uvicorn app", "h2load, gRPC ModelInfer body"),
+             "nghttp2": ("candidate: libnghttp2 in the process (ctypes), uvloop", "h2load, gRPC ModelInfer body")}
+    servers = {"asgi": [__file__, "--serve", "asgi"], "grpc": [__file__, "--serve", "grpc"],
+               "envoy": [__file__, "--serve", "asgi"], "nghttp2": [str(BENCH / "nghttp2_ceiling_server.py")]}
     for stack in names:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", "grpc" if stack == "grpc" else "asgi",
-                                 "--port", str(port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if stack == "nghttp2" and not ctypes.util.find_library("nghttp2"):
+            print(f"| {names[stack][0]} | skipped: no libnghttp2 (Debian libnghttp2-14) | – | – |")
+            continue
+        proc = subprocess.Popen([sys.executable, *servers[stack], "--port", str(port)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
         front = None
         try:
             wait_port(port)
