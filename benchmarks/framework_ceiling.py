@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+from predictor.grpc_front import INFER_PATH  # noqa: E402 (stdlib-only at import)
+
 REPLY = b"x" * 240
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 async def asgi_app(scope, receive, send):
@@ -32,7 +34,7 @@ async def asgi_app(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass
-    if scope["path"] == METHOD:  # a gRPC call bridged by Envoy: one framed message
+    if scope["path"] == INFER_PATH:  # a gRPC call bridged by Envoy: one framed message
         body, content_type = b"\x00" + len(REPLY).to_bytes(4, "big") + REPLY, b"application/grpc"
     else:
         body, content_type = REPLY, b"application/json"
@@ -99,23 +101,24 @@ def main() -> int:
     files = run.write_bodies(work, history)
     port = run.free_port()
     print("| stack | load | c=1 req/s | c=16 req/s |\n|---|---|---:|---:|")
-    names = {"asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body"),
-             "grpc": ("grpc.aio, uvloop", "h2load, gRPC ModelInfer body"),
-             "envoy": ("Envoy gRPC front -> the uvicorn app", "h2load, gRPC ModelInfer body"),
-             "nghttp2": ("candidate: libnghttp2 in the process (ctypes), uvloop", "h2load, gRPC ModelInfer body")}
-    servers = {"asgi": [__file__, "--serve", "asgi"], "grpc": [__file__, "--serve", "grpc"],
-               "envoy": [__file__, "--serve", "asgi"], "nghttp2": [str(BENCH / "nghttp2_ceiling_server.py")]}
-    for stack in names:
+    grpc_load = "h2load, gRPC ModelInfer body"
+    stacks = {  # stack: (name, load, server command)
+        "asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body", [__file__, "--serve", "asgi"]),
+        "grpc": ("grpc.aio, uvloop", grpc_load, [__file__, "--serve", "grpc"]),
+        "envoy": ("Envoy gRPC front -> the uvicorn app", grpc_load, [__file__, "--serve", "asgi"]),
+        "nghttp2": ("candidate: libnghttp2 in the process (ctypes), uvloop", grpc_load,
+                    [str(BENCH / "nghttp2_ceiling_server.py")]),
+    }
+    for stack, (name, load, command) in stacks.items():
         if stack == "nghttp2" and not ctypes.util.find_library("nghttp2"):
-            print(f"| {names[stack][0]} | skipped: no libnghttp2 (Debian libnghttp2-14) | – | – |")
+            print(f"| {name} | skipped: no libnghttp2 (Debian libnghttp2-14) | – | – |")
             continue
-        proc = subprocess.Popen([sys.executable, *servers[stack], "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, *command, "--port", str(port)],
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         front = None
         try:
             wait_port(port)
             if stack == "envoy":
-                sys.path.insert(0, str(BENCH.parent))
                 from predictor.grpc_front import EnvoyFront, free_loopback_port
 
                 front = EnvoyFront(run.free_port(), port, free_loopback_port())
@@ -129,7 +132,7 @@ def main() -> int:
                     server = run.Server("ceiling", "project", "ceiling", [], 0, front.grpc_port if front else port)
                     r = run.run_h2load(h2load, server, files["npy"], len(REPLY), c, args.duration, 1, work)
                 rates.append(r["rps"])
-            print(f"| {names[stack][0]} | {names[stack][1]} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
+            print(f"| {name} | {load} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
         finally:
             if front:
                 front.stop()

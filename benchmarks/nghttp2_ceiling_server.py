@@ -118,6 +118,7 @@ class Conn(asyncio.Protocol):
         hd = frame.contents
         if hd.type in (HEADERS, DATA) and hd.flags & END_STREAM:
             sid = hd.stream_id
+            # a real front would route on the path and parse the body: the row pays for collecting them
             path, chunks = self.streams.pop(sid, (b"", []))
             self.pending[sid] = BODY
             lib.nghttp2_submit_response(self.session, sid, RESP_HEADERS, 2, C.byref(self.provider))

@@ -9,6 +9,7 @@ as it is. The checks and the reply are the codec's, as for KServe's gRPC server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -60,6 +61,7 @@ async def _fail(send, status: int, message: str) -> None:
                         (b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())])
 
 
+@functools.cache
 def _max_message_bytes(direction: str) -> int:
     # KServe's flags, as its own gRPC server applies them; every worker process parses the same argv
     limit = getattr(model_server.args, f"grpc_max_{direction}_message_length", None)
