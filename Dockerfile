@@ -1,4 +1,4 @@
-# perf-predictor: KServe custom predictor (REST v2 on 8080, gRPC v2 on 8081 through its Envoy child).
+# perf-predictor: KServe custom predictor (REST v2 on 8080, gRPC v2 on 8081, both in one process).
 #
 #   docker build -t perf-predictor .                         # runtime image (the default, last stage)
 #   docker build --target dev -t perf-predictor:dev .        # + restarts on predictor/**/*.py changes
@@ -57,6 +57,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1
+
+# libnghttp2 serves the gRPC port inside the server (predictor/grpc_native.py); unpinned: the soname is
+# in the package's name, and Debian's security updates should reach the image with every rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnghttp2-14 \
+    && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 predictor \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/framework_ceiling.py [--duration 5]
 
 Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs),
-the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), and a candidate
-design not served yet, libnghttp2 inside the Python process (benchmarks/nghttp2_ceiling_server.py;
-skipped without the library), whose handlers return a fixed 240-byte reply, and loads them as
+the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), and perf-predictor's
+native gRPC front (predictor/grpc_native.py: libnghttp2 in the process; skipped without the library),
+whose handlers return a fixed 240-byte reply, and loads them as
 `make bench` loads the real servers: wrk for REST, h2load for gRPC, single-series request bodies,
 concurrency 1 and 16. The gaps between the rows are the per-call costs of the frameworks, the part of
 "gRPC at least as fast as REST JSON" no model or codec work can close for small requests.
@@ -61,6 +61,19 @@ def serve_grpc(port: int) -> None:
     uvloop.run(main())
 
 
+def serve_native(port: int) -> None:
+    import uvloop
+
+    from predictor import grpc_native
+    from predictor.grpc_bridged import Reply
+
+    class FixedReply(grpc_native.NativeGRPCServer):
+        async def call(self, stream: grpc_native.Stream) -> Reply:  # the front's own work only
+            return Reply(0, "", b"\x00" + len(REPLY).to_bytes(4, "big") + REPLY)
+
+    uvloop.run(FixedReply(port).start())
+
+
 def serve_asgi(port: int) -> None:
     import uvicorn
 
@@ -84,11 +97,11 @@ def wait_port(port: int, timeout: float = 30) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--serve", choices=["grpc", "asgi"], help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["grpc", "asgi", "native"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        (serve_grpc if args.serve == "grpc" else serve_asgi)(args.port)
+        {"grpc": serve_grpc, "asgi": serve_asgi, "native": serve_native}[args.serve](args.port)
         return 0
     sys.path.insert(0, str(BENCH))
     import run
@@ -106,11 +119,11 @@ def main() -> int:
         "asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body", [__file__, "--serve", "asgi"]),
         "grpc": ("grpc.aio, uvloop", grpc_load, [__file__, "--serve", "grpc"]),
         "envoy": ("Envoy gRPC front -> the uvicorn app", grpc_load, [__file__, "--serve", "asgi"]),
-        "nghttp2": ("candidate: libnghttp2 in the process (ctypes), uvloop", grpc_load,
-                    [str(BENCH / "nghttp2_ceiling_server.py")]),
+        "native": ("native gRPC front: libnghttp2 in the process (ctypes), uvloop", grpc_load,
+                   [__file__, "--serve", "native"]),
     }
     for stack, (name, load, command) in stacks.items():
-        if stack == "nghttp2" and not ctypes.util.find_library("nghttp2"):
+        if stack == "native" and not ctypes.util.find_library("nghttp2"):
             print(f"| {name} | skipped: no libnghttp2 (Debian libnghttp2-14) | – | – |")
             continue
         proc = subprocess.Popen([sys.executable, *command, "--port", str(port)],

@@ -1,10 +1,11 @@
-"""gRPC ModelInfer for our models, arriving from the Envoy front (grpc_front.py) over HTTP/1.1.
+"""gRPC ModelInfer for our models, from the gRPC-framed request message to the framed reply.
 
-Envoy terminates gRPC's HTTP/2 and hands a unary ModelInfer to the REST port as one HTTP/1.1 POST to
-/inference.GRPCInferenceService/ModelInfer whose body is the gRPC-framed message; its reverse bridge
-adds the `grpc-status: 0` trailer to a 200 with a body. A failed call is answered here as gRPC's
-trailers-only reply (200, no body, `grpc-status` and `grpc-message` headers), which Envoy passes on
-as it is. The checks and the reply are the codec's, as for KServe's gRPC server.
+`answer` is shared by both gRPC fronts that do not use grpcio: the native front (grpc_native.py) calls
+it with the body of an HTTP/2 stream; the Envoy front (grpc_front.py) hands a unary ModelInfer to the
+REST port as one HTTP/1.1 POST to /inference.GRPCInferenceService/ModelInfer, which `serve` answers
+(Envoy's reverse bridge adds the `grpc-status: 0` trailer to a 200 with a body; a failed call is
+answered as gRPC's trailers-only reply, which Envoy passes on as it is). The checks and the reply are
+the codec's, as for KServe's gRPC server.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import functools
 import logging
 import time
 import zlib
-from typing import Optional
+from typing import NamedTuple, Optional
 from urllib.parse import quote
 
 from google.protobuf.message import DecodeError
@@ -36,6 +37,12 @@ HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, RESOURCE_EXHAUSTED: 413, U
                INTERNAL: 400, UNAVAILABLE: 503}
 
 
+class Reply(NamedTuple):
+    status: int  # gRPC status; 0 is OK
+    message: str = ""  # grpc-message of a failed call
+    body: bytes = b""  # the framed reply message of a successful call
+
+
 class CallError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -46,23 +53,24 @@ def is_bridged_infer(scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == INFER_PATH
 
 
-async def _reply(send, headers: list, body: bytes = b"") -> None:
-    headers = [(b"content-type", b"application/grpc"), (b"content-length", str(len(body)).encode()),
-               ACCEPT_ENCODING, *headers]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _fail(send, status: int, message: str) -> None:
-    # grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec); printable ASCII but % passes as is
+def grpc_message(message: str) -> bytes:
+    """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec); printable ASCII but % passes as is."""
     if len(message) > MAX_MESSAGE_TEXT:
         message = message[:MAX_MESSAGE_TEXT] + "..."
-    await _reply(send, [(b"grpc-status", str(status).encode()),
-                        (b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())])
+    return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
+
+
+async def _send(send, reply: Reply) -> None:
+    headers = [(b"content-type", b"application/grpc"), (b"content-length", str(len(reply.body)).encode()),
+               ACCEPT_ENCODING]
+    if reply.status:
+        headers += [(b"grpc-status", str(reply.status).encode()), (b"grpc-message", grpc_message(reply.message))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 @functools.cache
-def _max_message_bytes(direction: str) -> int:
+def max_message_bytes(direction: str) -> int:
     # KServe's flags, as its own gRPC server applies them; every worker process parses the same argv
     limit = getattr(model_server.args, f"grpc_max_{direction}_message_length", None)
     return limit if limit and limit > 0 else 1 << 62
@@ -98,12 +106,16 @@ def message_of(body: bytes, encoding: Optional[bytes], limit: int) -> bytes:
     return body[5:]
 
 
+def too_large(size: int, limit: int) -> CallError:
+    return CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({size} vs. {limit})")
+
+
 async def _framed_body(receive, limit: int) -> bytes:
     """The request body, refused as soon as it is longer than one message of `limit` bytes can be."""
     try:
         return await http.read_body(receive, max_bytes=limit + 5)
     except http.BodyTooLarge as exc:
-        raise CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({exc.size - 5} vs. {limit})") from None
+        raise too_large(exc.size - 5, limit) from None
 
 
 def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferRequest:
@@ -114,44 +126,51 @@ def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferReque
 
 
 async def serve(scope, receive, send) -> None:
+    """A ModelInfer bridged by Envoy, as an ASGI request to the REST port."""
+    started = time.perf_counter()
     try:
-        await _serve(scope, receive, send)
+        try:
+            body = await _framed_body(receive, max_message_bytes("receive"))
+        except CallError as exc:
+            logger.info("rejected gRPC call: %s", exc)
+            reply = rejected("unknown", exc.status, str(exc), started)
+        else:
+            reply = await answer(body, next((v for k, v in scope["headers"] if k == b"grpc-encoding"), None), started)
+        await _send(send, reply)
     except Exception as exc:  # a bug of ours: the client still gets a gRPC status, the server stays up
         logger.exception("gRPC call failed")
         with contextlib.suppress(Exception):  # unless the reply had already started
-            await _fail(send, INTERNAL, f"internal error: {type(exc).__name__}")
+            await _send(send, Reply(INTERNAL, f"internal error: {type(exc).__name__}"))
 
 
-async def _reject(send, model: str, status: int, message: str, started: float) -> None:
-    # counted as the REST path counts its rejections (a model it does not know as "unknown")
+def rejected(model: str, status: int, message: str, started: float) -> Reply:
+    """Counted as the REST path counts its rejections (a model it does not know as "unknown")."""
     http.record(model, "grpc", "v2_infer", HTTP_STATUS[status], None, time.perf_counter() - started)
-    await _fail(send, status, message)
+    return Reply(status, message)
 
 
-async def _serve(scope, receive, send) -> None:
-    started = time.perf_counter()
-    encoding = next((value for key, value in scope["headers"] if key == b"grpc-encoding"), None)
-    limit = _max_message_bytes("receive")
+async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Reply:
+    """The reply to one ModelInfer whose request body (one gRPC frame) is `body`."""
+    limit = max_message_bytes("receive")
     try:
-        request = parse(await _framed_body(receive, limit), encoding, limit)
+        request = parse(body, encoding, limit)
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
-        return await _reject(send, "unknown", exc.status, str(exc), started)
+        return rejected("unknown", exc.status, str(exc), started)
     model = http.SERVED.get(request.model_name)
     if model is None:  # status and message as KServe's gRPC server gives them
-        return await _reject(send, "unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started)
+        return rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started)
     if not model.ready:
-        return await _reject(send, model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started)
+        return rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started)
     with http.tracked(model.name, "grpc", "v2_infer") as state:
         try:
-            reply = await model.infer_grpc(request, inline=True)
+            message = await model.infer_grpc(request, inline=True)
         except InvalidInput as exc:
             state.update(status=400, reason=getattr(exc, "code", None))
             logger.info("rejected request: %s", exc)
-            return await _fail(send, INVALID_ARGUMENT, str(exc))
-        message = reply.SerializeToString()
-        if len(message) > (send_limit := _max_message_bytes("send")):  # as grpcio's server refuses to send it
+            return Reply(INVALID_ARGUMENT, str(exc))
+        if len(message) > (send_limit := max_message_bytes("send")):  # as grpcio's server refuses to send it
             state["status"] = 413  # counted as a client error, reason too_large
-            return await _fail(send, RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})")
+            return Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})")
         state["status"] = 200
-        await _reply(send, [], b"\x00" + len(message).to_bytes(4, "big") + message)
+        return Reply(0, "", b"\x00" + len(message).to_bytes(4, "big") + message)

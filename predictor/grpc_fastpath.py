@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import server as kserve_grpc_server
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferResponse
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from . import http
@@ -23,7 +24,7 @@ class ForecastServicer(InferenceServicer):
             return await super().ModelInfer(request, context)
         with http.tracked(model.name, "grpc", "v2_infer") as state:
             try:
-                reply = await model.infer_grpc(request, inline=False)
+                reply = ModelInferResponse.FromString(await model.infer_grpc(request, inline=False))
             except InvalidInput as exc:
                 state.update(status=400, reason=getattr(exc, "code", None))
                 raise

@@ -101,8 +101,8 @@ class PerfPredictor(Model):
             forecasts = await self.forecast(history, "rest", inline=True)
         return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
 
-    async def infer_grpc(self, request: Any, inline: bool) -> Any:
-        """gRPC ModelInfer, protobuf request to protobuf reply (grpc_bridged.py, grpc_fastpath.py)."""
+    async def infer_grpc(self, request: Any, inline: bool) -> bytes:
+        """gRPC ModelInfer, protobuf request to the serialized reply (grpc_bridged.py, grpc_fastpath.py)."""
         spec = self.forecaster.spec
         history = codec.decode_grpc(request, spec.window)
         with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():

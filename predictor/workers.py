@@ -30,6 +30,8 @@ class GRPCSettings:
     max_threads: int
     grace_period: int
     options: dict  # KServe's parsed flags: the server reads its message size limits from them
+    native: bool = False  # grpc_native.py's server instead of KServe's grpcio server
+    drain_s: int = 0
 
 
 class RESTAndGRPCServer(rest_server.RESTServer):
@@ -43,15 +45,20 @@ class RESTAndGRPCServer(rest_server.RESTServer):
 
     def run(self, sockets: Optional[list] = None) -> None:
         from . import grpc_fastpath
+        from .grpc_native import NativeGRPCServer
 
-        grpc_fastpath.install()  # in this process: KServe's gRPC server builds our servicer
-        grpc_server = GRPCServer(self.grpc.port, self.dataplane, self.model_repository_extension,
-                                 kwargs=self.grpc.options, grace_period=self.grpc.grace_period)
+        if self.grpc.native:
+            grpc_server = NativeGRPCServer(self.grpc.port, reuse_port=True, drain_s=self.grpc.drain_s).use(
+                self.dataplane, self.model_repository_extension, self.grpc.grace_period)
+        else:
+            grpc_fastpath.install()  # in this process: KServe's gRPC server builds our servicer
+            grpc_server = GRPCServer(self.grpc.port, self.dataplane, self.model_repository_extension,
+                                     kwargs=self.grpc.options, grace_period=self.grpc.grace_period)
         self._server.__class__ = _with_grpc(type(self._server), grpc_server, self.grpc.max_threads)
         super().run(sockets=sockets)
 
 
-def _with_grpc(server_class: type, grpc_server: GRPCServer, max_threads: int) -> type:
+def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
     class ServerWithGRPC(server_class):
         async def serve(self, sockets=None) -> None:
             grpc_task = asyncio.get_running_loop().create_task(grpc_server.start(max_threads))

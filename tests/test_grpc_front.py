@@ -1,5 +1,6 @@
-"""The gRPC port's front (predictor/grpc_front.py): Envoy in front of the REST port and KServe's gRPC
-server, with KServe's grpcio server itself still available as --grpc_front kserve."""
+"""The gRPC port's fronts: libnghttp2 in process (the default, predictor/grpc_native.py), Envoy in front
+of the REST port and KServe's gRPC server (--grpc_front envoy, predictor/grpc_front.py), and KServe's
+grpcio server itself (--grpc_front kserve). Tests on the shared `server` fixture run on the default."""
 from __future__ import annotations
 
 import gzip
@@ -121,7 +122,8 @@ def call_with_nghttp(srv, frame: Path) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2-client) is not installed; .ci/run installs it")
-def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, window):
+@pytest.mark.parametrize("front", ["native", "envoy"])
+def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, window, front):
     """On SIGTERM the call in flight, and a call on a new connection within --drain_seconds, are both
     answered, each reply with an HTTP/2 GOAWAY (NO_ERROR) so the client goes elsewhere next; then the
     server exits 0 and the port closes. Without the drain, the second call failed with UNAVAILABLE."""
@@ -134,7 +136,8 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
     frame = tmp_path / "call.bin"
     frame.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
     # every batch is held 0.5 s, so the first call is still in flight when SIGTERM comes
-    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3")
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3",
+                       "--grpc_front", front)
     in_flight = None
     try:
         wait_ready(srv)
@@ -152,6 +155,7 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
         assert srv.process.wait(timeout=20) == 0
         assert "draining gRPC connections; stopping in 3s" in srv.log()
         assert "still had gRPC calls in flight" not in srv.log()  # Envoy's own count reached 0
+        assert ("(libnghttp2)" in srv.log()) == (front == "native")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=2).close()
     finally:
@@ -160,12 +164,13 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
         stop_server(srv)
 
 
-def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
+@pytest.mark.parametrize("front", ["native", "envoy"])
+def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path, front):
     with socket.socket() as blocker:
         blocker.bind(("0.0.0.0", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        srv = start_server(model_dir, tmp_path / "server.log", "--grpc_port", str(port))
+        srv = start_server(model_dir, tmp_path / "server.log", "--grpc_port", str(port), "--grpc_front", front)
         try:
             assert srv.process.wait(timeout=120) == 1
         finally:
@@ -173,19 +178,35 @@ def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
     assert f"gRPC front not started: gRPC port {port} is not free" in srv.log()
 
 
+def check_message_size_limits(srv, window) -> None:
+    assert infer(srv, histories(20, window)).as_numpy("p50").shape == (20, 12)  # ~27 kB in, ~3 kB out
+    for series in (50, 100):  # ~67 kB in and ~7 kB out: too much to send; ~134 kB in: too much to take
+        with pytest.raises(InferenceServerException) as too_large:
+            infer(srv, histories(series, window))
+        assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert ("Sent" if series == 50 else "received") + " message larger than max" in too_large.value.message()
+    assert infer(srv, histories(20, window)).as_numpy("p50").shape == (20, 12)  # still serving
+
+
+SIZE_LIMITS = ("--grpc_max_receive_message_length", "100000", "--grpc_max_send_message_length", "5000")
+
+
+def test_message_size_flags_apply_to_the_native_front(model_dir, tmp_path, window):
+    srv = start_server(model_dir, tmp_path / "server.log", *SIZE_LIMITS)
+    try:
+        wait_ready(srv)
+        check_message_size_limits(srv, window)
+    finally:
+        stop_server(srv)
+
+
 def test_the_server_stops_when_envoy_dies(model_dir, tmp_path, window):
     """Kubernetes restarts a container whose process exits; a server without its gRPC front would
     look healthy over REST and fail every gRPC call. (KServe's message size flags apply, too.)"""
-    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_max_receive_message_length", "100000",
-                       "--grpc_max_send_message_length", "5000")
+    srv = start_server(model_dir, tmp_path / "server.log", *SIZE_LIMITS, "--grpc_front", "envoy")
     try:
         wait_ready(srv)
-        assert infer(srv, histories(20, window)).as_numpy("p50").shape == (20, 12)  # ~27 kB in, ~3 kB out
-        for series in (50, 100):  # ~67 kB in and ~7 kB out: too much to send; ~134 kB in: too much to take
-            with pytest.raises(InferenceServerException) as too_large:
-                infer(srv, histories(series, window))
-            assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
-            assert ("Sent" if series == 50 else "received") + " message larger than max" in too_large.value.message()
+        check_message_size_limits(srv, window)
         (envoy,) = envoy_children(srv.process.pid)
         os.kill(envoy, signal.SIGKILL)
         srv.process.wait(timeout=60)
@@ -195,7 +216,7 @@ def test_the_server_stops_when_envoy_dies(model_dir, tmp_path, window):
 
 
 def test_envoy_goes_with_the_server(model_dir, tmp_path):
-    srv = start_server(model_dir, tmp_path / "server.log")
+    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_front", "envoy")
     try:
         wait_ready(srv)
         (envoy,) = envoy_children(srv.process.pid)

@@ -1,0 +1,409 @@
+"""The gRPC port served inside this process: HTTP/2 by libnghttp2 (nghttp2.py) on the server's event loop.
+
+Envoy in front (grpc_front.py) costs a second process on every call: single-series gRPC ran at 70-80%
+of REST JSON's rate, and its own ceiling with no model was 1,326 calls/s against 3,816 for libnghttp2
+on uvloop (README, Performance). Here a call goes from the socket to the model with no hop.
+
+`NativeGRPCServer` stands where KServe's GRPCServer would (same start/stop), in the single process and
+in each worker process. ModelInfer is answered by grpc_bridged.answer; the v2 protocol's other RPCs by
+KServe's own servicer, with the statuses KServe's interceptor gives its errors. Limits: the message
+size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 10,000
+connections. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
+calls in flight are answered within the grace period.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes as C
+import logging
+import os
+import socket
+import time
+from typing import Callable, Optional
+
+from google.protobuf.message import DecodeError
+from kserve import errors
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.servicer import InferenceServicer
+
+from . import grpc_bridged, nghttp2
+from .grpc_bridged import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED, CallError, Reply
+from .grpc_front import INFER_PATH, listen_address
+
+logger = logging.getLogger("perf_predictor")
+lib = nghttp2.load()
+
+SERVICE = "inference.GRPCInferenceService"
+DEADLINE_EXCEEDED, INTERNAL = 4, 13
+MAX_HEADER_BYTES = 16 << 10  # HPACK-counted (name + value + 32 per field), as SETTINGS_MAX_HEADER_LIST_SIZE
+MAX_STREAMS = 1000  # per connection
+MAX_CONNECTIONS = 10_000
+STREAM_WINDOW, CONNECTION_WINDOW = 4 << 20, 16 << 20  # a 1,000-series request arrives without waiting
+TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# KServe's errors -> gRPC status, as its ExceptionToStatusInterceptor maps them for grpcio
+KSERVE_STATUS = [((errors.InferenceError, errors.InvalidInput, errors.UnsupportedProtocol), INVALID_ARGUMENT),
+                 ((errors.ServerNotReady, errors.ServerNotLive, errors.ModelNotReady), UNAVAILABLE),
+                 ((errors.ModelNotFound,), NOT_FOUND), ((NotImplementedError,), UNIMPLEMENTED)]
+OK_HEADERS = nghttp2.headers([(b":status", b"200"), (b"content-type", b"application/grpc"), grpc_bridged.ACCEPT_ENCODING])
+OK_TRAILERS = nghttp2.headers([(b"grpc-status", b"0")])
+INFER = INFER_PATH.encode()
+WANTED_HEADERS = frozenset((b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout"))
+
+
+def available() -> bool:
+    return lib is not None
+
+
+def bind(port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket: all interfaces, IPv4 too where the host has IPv6, as KServe's gRPC server."""
+    family, address = listen_address()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # worker processes share the port; the kernel spreads connections over them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"gRPC port {port} is not free: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def timeout_of(value: Optional[bytes]) -> Optional[float]:
+    """grpc-timeout ("1S", "250m": at most 8 digits and a unit) in seconds."""
+    if value is None:
+        return None
+    digits, unit = value[:-1], value[-1:]
+    if not (0 < len(digits) <= 8 and digits.isdigit() and unit in TIMEOUT_UNITS):
+        raise CallError(INVALID_ARGUMENT, f"malformed grpc-timeout {value.decode('latin-1')!r}")
+    return int(digits) * TIMEOUT_UNITS[unit]
+
+
+def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable]]:
+    """path -> (request message class, KServe's handler) for the unary RPCs KServe implements, but ModelInfer."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {f"/{SERVICE}/{m.name}".encode(): (getattr(pb, m.input_type.name), getattr(servicer, m.name))
+            for m in service.methods
+            if m.name != "ModelInfer" and m.name in InferenceServicer.__dict__
+            and not (m.client_streaming or m.server_streaming)}
+
+
+class Stream:
+    __slots__ = ("headers", "header_bytes", "chunks", "size", "task", "answered")
+
+    def __init__(self):
+        self.headers: dict[bytes, bytes] = {}
+        self.header_bytes = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.task: Optional[asyncio.Task] = None
+        self.answered = False  # a reply was submitted (a too-large body is answered before it ends)
+
+
+class NativeGRPCServer:
+    def __init__(self, port: int, sock: Optional[socket.socket] = None, reuse_port: bool = False,
+                 drain_s: int = 0, grace_period: int = 30):
+        self.port = port
+        self.drain_s = drain_s  # the port still takes calls this long after drain()
+        self.grace_period = grace_period
+        self._sock = sock
+        self._reuse_port = reuse_port
+        self.rpcs: dict[bytes, tuple[type, Callable]] = {}
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._server: Optional[asyncio.base_events.Server] = None
+        self._stopped: Optional[asyncio.Future] = None
+
+    def use(self, data_plane, model_repository_extension, grace_period: int) -> NativeGRPCServer:
+        self.rpcs = kserve_rpcs(InferenceServicer(data_plane, model_repository_extension))
+        self.grace_period = grace_period
+        return self
+
+    def as_kserve_class(self) -> Callable[..., NativeGRPCServer]:
+        """Stands in for KServe's GRPCServer class, which ModelServer instantiates with its data plane."""
+        def build(port, data_plane, model_repository_extension, kwargs=None, grace_period=30):
+            return self.use(data_plane, model_repository_extension, grace_period)
+
+        return build
+
+    async def start(self, max_workers: Optional[int] = None) -> None:
+        """Serves until stop(); `max_workers` (KServe's thread count for grpcio) does not apply."""
+        self.loop = asyncio.get_running_loop()
+        self._stopped = self.loop.create_future()
+        sock = self._sock or bind(self.port, self._reuse_port)
+        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+        logger.info("gRPC on port %d served in process %d (libnghttp2)", self.port, os.getpid())
+        await self._stopped
+
+    def drain(self) -> bool:
+        """Every connection gets a GOAWAY (NO_ERROR) now and keeps working, so clients open their next
+        connection elsewhere. Safe from a signal handler. False if already draining or not serving."""
+        if self.draining or self.loop is None or self.loop.is_closed():
+            return False
+        self.draining = True
+        self.loop.call_soon_threadsafe(lambda: [c.shutdown_notice() for c in list(self.connections)])
+        return True
+
+    async def stop(self, sig: Optional[int] = None) -> None:
+        """No new connections; calls in flight answered within the grace period; then every connection closes."""
+        if self._server is None or self._stopped.done():
+            return
+        if self.drain() and self.drain_s > 0:  # nobody drained before REST stopped (worker processes)
+            logger.info("draining gRPC connections for %ds", self.drain_s)
+            await asyncio.sleep(self.drain_s)
+        self._server.close()
+        for connection in list(self.connections):
+            connection.goaway()
+        deadline = time.monotonic() + self.grace_period
+        while any(c.busy() for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.close()
+        self._stopped.set_result(None)
+
+    async def call(self, stream: Stream) -> Reply:
+        """The reply to one finished request stream; never raises."""
+        started = time.perf_counter()
+        try:
+            timeout = timeout_of(stream.headers.get(b"grpc-timeout"))
+            path, encoding = stream.headers.get(b":path"), stream.headers.get(b"grpc-encoding")
+            body = b"".join(stream.chunks)
+            if path == INFER:
+                work = grpc_bridged.answer(body, encoding, started)
+            elif path in self.rpcs:
+                work = self._kserve(*self.rpcs[path], body, encoding)
+            else:
+                return Reply(UNIMPLEMENTED, f"Method not found: {path.decode('latin-1')}")
+            return await (work if timeout is None else asyncio.wait_for(work, timeout))
+        except CallError as exc:
+            return Reply(exc.status, str(exc))
+        except asyncio.TimeoutError:
+            return Reply(DEADLINE_EXCEEDED, "Deadline Exceeded")
+        except Exception as exc:  # a bug of ours: the client still gets a status, the server stays up
+            logger.exception("gRPC call failed")
+            return Reply(INTERNAL, f"internal error: {type(exc).__name__}")
+
+    @staticmethod
+    async def _kserve(request_class: type, handler: Callable, body: bytes, encoding: Optional[bytes]) -> Reply:
+        try:
+            request = request_class.FromString(grpc_bridged.message_of(body, encoding, grpc_bridged.max_message_bytes("receive")))
+        except DecodeError as exc:
+            return Reply(INVALID_ARGUMENT, f"the message is not a {request_class.__name__}: {exc}")
+        try:
+            response = await handler(request, None)  # KServe's handlers but ModelInfer never use the context
+        except Exception as exc:
+            status = next((code for kinds, code in KSERVE_STATUS if isinstance(exc, kinds)), None)
+            if status is None:
+                raise
+            return Reply(status, str(getattr(exc, "reason", exc)))
+        message = response.SerializeToString()
+        return Reply(0, "", b"\x00" + len(message).to_bytes(4, "big") + message)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: bytes into libnghttp2, its callbacks into streams, replies back out."""
+
+    def __init__(self, server: NativeGRPCServer):
+        self.server = server
+        self.streams: dict[int, Stream] = {}
+        self.bodies: dict[int, list] = {}  # stream -> [reply body, bytes already sent]
+        self.buffered = 0  # request bytes held for streams not yet answered
+        self.transport: Optional[asyncio.Transport] = None
+        self.paused = False
+        self._receiving = Stream()  # the stream whose header block is arriving
+        self.session = C.c_void_p()
+        # the C callbacks must live as long as the session
+        self._callbacks = (nghttp2.ON_FRAME(self._on_begin_headers), nghttp2.ON_HEADER(self._on_header),
+                           nghttp2.ON_DATA(self._on_data), nghttp2.ON_FRAME(self._on_frame),
+                           nghttp2.ON_CLOSE(self._on_close))
+        self._provider = nghttp2.DataProvider(None, nghttp2.READ(self._read))
+        callbacks = C.c_void_p()
+        lib.nghttp2_session_callbacks_new(C.byref(callbacks))
+        for setter, callback in zip(("on_begin_headers", "on_header", "on_data_chunk_recv", "on_frame_recv",
+                                     "on_stream_close"), self._callbacks):
+            getattr(lib, f"nghttp2_session_callbacks_set_{setter}_callback")(callbacks, callback)
+        lib.nghttp2_session_server_new(C.byref(self.session), callbacks, None)
+        lib.nghttp2_session_callbacks_del(callbacks)
+        entries = nghttp2.settings({nghttp2.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                                    nghttp2.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                                    nghttp2.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES})
+        lib.nghttp2_submit_settings(self.session, 0, entries, len(entries))
+        lib.nghttp2_session_set_local_window_size(self.session, 0, 0, CONNECTION_WINDOW)
+
+    # --- asyncio.Protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            logger.warning("gRPC connection refused: already %d open", MAX_CONNECTIONS)
+            lib.nghttp2_submit_goaway(self.session, 0, 0, nghttp2.REFUSED_STREAM, None, 0)
+        elif self.server.draining:
+            lib.nghttp2_submit_shutdown_notice(self.session)
+        self.server.connections.add(self)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.session:
+            return
+        if lib.nghttp2_session_mem_recv(self.session, data, len(data)) < 0:  # not HTTP/2, or a protocol error
+            self.flush()  # the GOAWAY libnghttp2 may have queued
+            self.close()
+        elif lib.nghttp2_session_want_write(self.session):  # acks, window updates; replies come later
+            self.flush()
+        elif not lib.nghttp2_session_want_read(self.session):  # the client said GOAWAY; nothing in flight
+            self.close()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.server.connections.discard(self)
+        for stream in self.streams.values():
+            if stream.task is not None:
+                stream.task.cancel()
+        self.streams.clear()
+        self.bodies.clear()
+        if self.session:
+            lib.nghttp2_session_del(self.session)
+            self.session = C.c_void_p()
+        self._callbacks = self._provider = None  # they refer back to this object
+
+    def pause_writing(self) -> None:  # the client does not read: libnghttp2 keeps the frames meanwhile
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.flush()
+
+    # --- what the server asks of a connection
+    def flush(self) -> None:
+        if not self.session or self.paused or self.transport is None:
+            return
+        data = C.POINTER(C.c_char)()
+        out = []
+        while (size := lib.nghttp2_session_mem_send(self.session, C.byref(data))) > 0:
+            out.append(C.string_at(data, size))
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if size < 0 or not (lib.nghttp2_session_want_read(self.session) or lib.nghttp2_session_want_write(self.session)):
+            self.close()  # after a final GOAWAY with nothing left in flight, or a fatal error
+
+    def shutdown_notice(self) -> None:
+        if self.session:
+            lib.nghttp2_submit_shutdown_notice(self.session)
+            self.flush()
+
+    def goaway(self) -> None:
+        if self.session:
+            last = lib.nghttp2_session_get_last_proc_stream_id(self.session)
+            lib.nghttp2_submit_goaway(self.session, 0, last, nghttp2.NO_ERROR, None, 0)
+            self.flush()
+
+    def busy(self) -> bool:
+        return bool(self.session) and bool(self.streams or self.bodies)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- replies
+    def answer(self, stream_id: int, reply: Reply) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.answered or not self.session:  # reset by the client meanwhile
+            return
+        stream.answered = True
+        self.buffered -= stream.size
+        stream.chunks = []
+        if reply.status == 0:
+            self.bodies[stream_id] = [reply.body, 0]
+            lib.nghttp2_submit_response(self.session, stream_id, OK_HEADERS, len(OK_HEADERS), C.byref(self._provider))
+        else:  # trailers-only
+            fields = nghttp2.headers([(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                      grpc_bridged.ACCEPT_ENCODING, (b"grpc-status", str(reply.status).encode()),
+                                      (b"grpc-message", grpc_bridged.grpc_message(reply.message))])
+            lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+
+    def _http_error(self, stream_id: int, status: bytes) -> None:
+        self.streams[stream_id].answered = True
+        fields = nghttp2.headers([(b":status", status)])
+        lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+
+    async def _run(self, stream_id: int, stream: Stream) -> None:
+        reply = await self.server.call(stream)
+        self.answer(stream_id, reply)
+        self.flush()
+
+    # --- libnghttp2's callbacks (inside mem_recv / mem_send); an exception here would be lost, so none escapes
+    def _on_begin_headers(self, session, frame, user_data) -> int:
+        # a header block is never interleaved with another (RFC 9113 4.3): the fields that follow are its
+        self._receiving = self.streams.setdefault(frame.contents.stream_id, Stream())
+        return 0
+
+    def _on_header(self, session, frame, name, namelen, value, valuelen, flags, user_data) -> int:
+        stream = self._receiving
+        stream.header_bytes += namelen + valuelen + 32
+        if stream.header_bytes > MAX_HEADER_BYTES:
+            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE  # the stream is reset; the connection lives on
+        if name in WANTED_HEADERS:
+            stream.headers[name] = value
+        return 0
+
+    def _on_data(self, session, flags, stream_id, data, length, user_data) -> int:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.answered:
+            return 0  # the rest of a body already refused: dropped
+        stream.size += length
+        self.buffered += length
+        limit = grpc_bridged.max_message_bytes("receive")
+        if stream.size > limit + 5:
+            self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
+        elif self.buffered > max(64 << 20, 4 * (limit + 5)):
+            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "too many bytes of unanswered requests on this connection"))
+        else:
+            stream.chunks.append(data[:length])
+        return 0
+
+    def _on_frame(self, session, frame, user_data) -> int:
+        header = frame.contents
+        if header.type not in (nghttp2.HEADERS, nghttp2.DATA) or not header.flags & nghttp2.FLAG_END_STREAM:
+            return 0
+        stream = self.streams.get(header.stream_id)
+        if stream is None or stream.answered or stream.task is not None:
+            return 0
+        try:
+            if stream.headers.get(b":method") != b"POST":
+                self._http_error(header.stream_id, b"405")
+            elif not stream.headers.get(b"content-type", b"").startswith(b"application/grpc"):
+                self._http_error(header.stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
+            else:
+                stream.task = self.server.loop.create_task(self._run(header.stream_id, stream))
+        except Exception:
+            logger.exception("gRPC stream %d not dispatched", header.stream_id)
+            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
+        return 0
+
+    def _read(self, session, stream_id, buf, length, data_flags, source, user_data) -> int:
+        pending = self.bodies.get(stream_id)
+        if pending is None:
+            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
+        body, sent = pending
+        chunk = body[sent:sent + length]  # never more than libnghttp2 has room for (flow control, frame size)
+        C.memmove(buf, chunk, len(chunk))
+        pending[1] = sent + len(chunk)
+        if pending[1] >= len(body):
+            del self.bodies[stream_id]
+            data_flags[0] = nghttp2.DATA_FLAG_EOF | nghttp2.DATA_FLAG_NO_END_STREAM  # the trailers end it
+            lib.nghttp2_submit_trailer(self.session, stream_id, OK_TRAILERS, len(OK_TRAILERS))
+        return len(chunk)
+
+    def _on_close(self, session, stream_id, error_code, user_data) -> int:
+        stream = self.streams.pop(stream_id, None)
+        self.bodies.pop(stream_id, None)
+        if stream is not None:
+            if not stream.answered:
+                self.buffered -= stream.size
+            if stream.task is not None and not stream.task.done():
+                stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
+        return 0

@@ -1,0 +1,220 @@
+"""The native gRPC front (predictor/grpc_native.py, the default): HTTP/2 from libnghttp2 in the server's
+process. Calls go on the wire through real clients (tritonclient, curl, a raw socket); what a client
+does wrong gets a gRPC status or an HTTP/2 reset, never a dead server."""
+from __future__ import annotations
+
+import ctypes.util
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from .conftest import MODEL_NAME, REPO, start_server, stop_server, wait_ready
+from .test_grpc_front import infer
+from .test_metrics import scrape, value
+from .test_serving import card, histories, window  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(ctypes.util.find_library("nghttp2") is None,
+                                reason="libnghttp2 (Debian libnghttp2-14) is not installed; the server would use Envoy")
+CURL_HAS_HTTP2 = b"HTTP2" in subprocess.run(["curl", "--version"], capture_output=True).stdout
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+GOAWAY = 7
+
+
+def infer_request(history: np.ndarray) -> bytes:
+    from tritonclient.grpc.service_pb2 import ModelInferRequest  # kserve's own cannot share this process
+
+    request = ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[history.astype("<f4").tobytes()])
+    request.inputs.add(name="history", datatype="FP32", shape=list(history.shape))
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def curl(srv, path: str, body: bytes, *headers: str, timeout: float = 30) -> tuple[int, dict, int]:
+    """One request over HTTP/2 (prior knowledge): HTTP status, response headers and trailers, curl's exit code."""
+    args = ["curl", "-s", "--http2-prior-knowledge", "-D", "-", "--data-binary", "@-", "-o", "/dev/null"]
+    for header in ("content-type: application/grpc", "te: trailers", *headers):
+        args += ["-H", header]
+    done = subprocess.run([*args, f"http://{srv.grpc_host}{path}"], input=body, capture_output=True, timeout=timeout)
+    lines = [line.decode(errors="replace").strip() for line in done.stdout.split(b"\r\n")]
+    status = next((int(line.split()[1]) for line in lines if line.startswith("HTTP/2")), 0)
+    return status, dict(line.split(": ", 1) for line in lines if ": " in line), done.returncode
+
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+ENCODE_CHECK = """
+import numpy as np
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest, ModelInferResponse
+from predictor import codec
+
+forecasts = np.random.default_rng(0).normal(size=(3, 4, 12))
+names = ["p10", "p50", "p90"]
+cases = [ModelInferRequest(), ModelInferRequest(id="req-7"),
+         ModelInferRequest(outputs=[ModelInferRequest.InferRequestedOutputTensor(name="p90")])]
+for request in cases:
+    chosen = [o.name for o in request.outputs] or names
+    blocks = {n: np.ascontiguousarray(b, dtype="<f4") for n, b in zip(names, forecasts)}
+    expected = ModelInferResponse(
+        model_name="m", model_version="3", id=request.id,
+        outputs=[ModelInferResponse.InferOutputTensor(name=n, datatype="FP32", shape=[4, 12]) for n in chosen],
+        raw_output_contents=[blocks[n].tobytes() for n in chosen])
+    assert codec.encode_grpc(request, "m", "3", names, forecasts) == expected.SerializeToString(), request
+empty = ModelInferResponse.FromString(codec.encode_grpc(ModelInferRequest(), "m", "", names, np.zeros((3, 0, 12))))
+assert list(empty.outputs[0].shape) == [0, 12] and list(empty.raw_output_contents) == [b""] * 3, empty
+assert not empty.model_version
+print("same bytes")
+"""
+
+
+def test_encode_grpc_writes_the_bytes_protobuf_would():
+    """The hand-written reply against protobuf's own serializer (in a process of its own: KServe's and
+    tritonclient's protos cannot share one)."""
+    done = subprocess.run([sys.executable, "-c", ENCODE_CHECK], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "same bytes", done.stderr
+
+
+def test_the_default_front_is_native_and_answers_as_rest_does(server, window):
+    assert "(libnghttp2)" in server.log()
+    assert "envoy" not in subprocess.run(["ps", "-o", "comm=", "--ppid", str(server.process.pid)],
+                                         capture_output=True, text=True).stdout
+    # 2,000 series: the ~290 kB reply is larger than the client's 64 KiB window, so it is flow-controlled
+    history = histories(2000, window, seed=3)
+    grpc_reply = infer(server, history)
+    tensor = httpclient.InferInput("history", list(history.shape), "FP32")
+    tensor.set_data_from_numpy(history, binary_data=True)
+    rest_reply = httpclient.InferenceServerClient(server.http_host).infer(MODEL_NAME, [tensor])
+    for name in ("p10", "p50", "p90"):
+        np.testing.assert_array_equal(grpc_reply.as_numpy(name), rest_reply.as_numpy(name))
+    client = grpcclient.InferenceServerClient(server.grpc_host)  # the other RPCs: KServe's servicer
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+    assert client.get_model_metadata(MODEL_NAME).name == MODEL_NAME
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_metadata("no-such-model")
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
+@pytest.mark.skipif(not CURL_HAS_HTTP2, reason="this curl has no HTTP/2")
+def test_requests_that_are_not_grpc_calls_get_http_and_grpc_errors(server, window):
+    call = infer_request(histories(1, window))
+    assert curl(server, INFER, call, "content-type: application/json")[0] == 415
+    assert curl(server, "/inference.GRPCInferenceService/Nope", call)[1]["grpc-status"] == "12"
+    assert curl(server, INFER, call, "grpc-timeout: soon")[1]["grpc-status"] == "3"
+    done = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{server.grpc_host}{INFER}"],
+                          capture_output=True, text=True, timeout=30)  # HTTP/1.1 on the gRPC port
+    assert done.stdout in ("000", "")  # the connection is closed: no HTTP/1.1 here
+    status, fields, code = curl(server, INFER, call, "x-padding: " + "a" * 20_000)  # past 16 KiB of headers
+    assert code != 0 and "grpc-status" not in fields  # the stream is reset
+    assert curl(server, INFER, call)[1]["grpc-status"] == "0"  # and the server goes on
+
+
+@pytest.mark.skipif(not CURL_HAS_HTTP2, reason="this curl has no HTTP/2")
+def test_deadlines_and_clients_that_leave(model_dir, tmp_path, window):
+    """grpc-timeout ends a call with DEADLINE_EXCEEDED; a client that hangs up mid-call costs nothing
+    lasting (the in-flight gauge returns to 0) and the server keeps serving."""
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "1000")
+    try:
+        wait_ready(srv)
+        call = infer_request(histories(1, window))
+        started = time.monotonic()
+        assert curl(srv, INFER, call, "grpc-timeout: 200m")[1]["grpc-status"] == "4"
+        assert time.monotonic() - started < 0.9  # answered at the deadline, not after the held batch
+        assert curl(srv, INFER, call, timeout=0.3 + 30)[1]["grpc-status"] == "0"
+        leaver = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--max-time", "0.3", "--data-binary", "@-",
+                                 "-H", "content-type: application/grpc", f"http://{srv.grpc_host}{INFER}"],
+                                input=call, capture_output=True, timeout=30)
+        assert leaver.returncode == 28  # curl gave up (timeout) and closed its connection
+        deadline = time.monotonic() + 10
+        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="grpc") != 0:
+            assert time.monotonic() < deadline, "the abandoned call stayed in flight"
+            time.sleep(0.1)
+        assert infer(srv, histories(1, window)).as_numpy("p50").shape == (1, 12)
+    finally:
+        stop_server(srv)
+
+
+def read_frames(sock: socket.socket, until_type: int, timeout: float) -> list[tuple[int, bytes]]:
+    frames, buffer, deadline = [], b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buffer += chunk
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+            length, kind = int.from_bytes(buffer[:3], "big"), buffer[3]
+            frames.append((kind, buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            if kind == until_type:
+                return frames
+    return frames
+
+
+def test_sigterm_sends_goaway_on_idle_connections_too(model_dir, tmp_path):
+    """Envoy tells only connections that get a reply; here a connection with no call at all hears the
+    GOAWAY at SIGTERM (last stream 2^31-1: a notice, calls still taken), then the final one on stop."""
+    srv = start_server(model_dir, tmp_path / "server.log", "--drain_seconds", "1")
+    try:
+        wait_ready(srv)
+        with socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=5) as idle:
+            idle.sendall(PREFACE + struct.pack(">I", 0)[1:] + bytes([4, 0]) + struct.pack(">I", 0))  # empty SETTINGS
+            read_frames(idle, until_type=4, timeout=5)  # the server's SETTINGS
+            srv.process.send_signal(signal.SIGTERM)
+            notices = []
+            for _ in range(2):
+                frames = read_frames(idle, until_type=GOAWAY, timeout=10)
+                goaway = [payload for kind, payload in frames if kind == GOAWAY]
+                assert goaway, f"no GOAWAY: {frames}"
+                notices.append(struct.unpack(">II", goaway[0][:8]))  # last stream id, error code
+        assert notices == [(2**31 - 1, 0), (0, 0)]
+        assert srv.process.wait(timeout=30) == 0
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+def test_workers_share_the_grpc_port(model_dir, tmp_path, window):
+    """--workers 2: each worker serves gRPC in its own process on the shared port (SO_REUSEPORT); the
+    kernel spreads connections over them, and every one answers the same forecast."""
+    srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2")
+    try:
+        wait_ready(srv, timeout=120)
+        deadline = time.monotonic() + 60
+        while srv.log().count("(libnghttp2)") < 2:
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.5)
+        history = histories(3, window)
+        # a connection each: gRPC would otherwise share one subchannel between clients of one target
+        clients = [grpcclient.InferenceServerClient(srv.grpc_host, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+                   for _ in range(12)]
+        answers = []
+        for client in clients:
+            tensor = grpcclient.InferInput("history", list(history.shape), "FP32")
+            tensor.set_data_from_numpy(history)
+            answers.append(client.infer(MODEL_NAME, [tensor]).as_numpy("p50"))
+        for answer in answers[1:]:
+            np.testing.assert_array_equal(answer, answers[0])
+        sockets = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{srv.grpc_port} )"],
+                                 capture_output=True, text=True).stdout
+        serving = set(re.findall(r"pid=(\d+)", sockets))
+        assert len(serving) == 2 and str(srv.process.pid) not in serving, sockets  # two workers, not the parent
+        for client in clients:
+            client.close()
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(timeout=60) == 0
+    finally:
+        stop_server(srv)
