@@ -215,6 +215,7 @@ class Connection(asyncio.Protocol):
         self.buffered = 0  # request bytes held for streams not yet answered
         self.transport: Optional[asyncio.Transport] = None
         self.paused = False
+        self.notice_pending = False
         self._receiving = Stream()  # the stream whose header block is arriving
         self.session = C.c_void_p()
         # the C callbacks must live as long as the session
@@ -241,9 +242,10 @@ class Connection(asyncio.Protocol):
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.server.connections) >= MAX_CONNECTIONS:
             logger.warning("gRPC connection refused: already %d open", MAX_CONNECTIONS)
-            lib.nghttp2_submit_goaway(self.session, 0, 0, nghttp2.REFUSED_STREAM, None, 0)
-        elif self.server.draining:
-            lib.nghttp2_submit_shutdown_notice(self.session)
+            lib.nghttp2_submit_goaway(self.session, 0, 0, nghttp2.ENHANCE_YOUR_CALM, None, 0)
+        # a connection opened while draining hears the GOAWAY with its first reply: sent before any call,
+        # it makes clients give up that call (nghttp does) instead of moving only their next ones
+        self.notice_pending = self.server.draining
         self.server.connections.add(self)
         self.flush()
 
@@ -313,6 +315,9 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is None or stream.answered or not self.session:  # reset by the client meanwhile
             return
+        if self.notice_pending:
+            self.notice_pending = False
+            lib.nghttp2_submit_shutdown_notice(self.session)
         stream.answered = True
         self.buffered -= stream.size
         stream.chunks = []
