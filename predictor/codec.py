@@ -5,6 +5,8 @@ and gRPC INVALID_ARGUMENT with the same message. Each error carries a short `rea
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -12,7 +14,6 @@ import numpy as np
 import orjson
 import simdjson
 from kserve.errors import InvalidInput
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferResponse
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 INPUT_NAME = "history"
@@ -272,23 +273,36 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+@functools.lru_cache(maxsize=64)
+def _reply_head(model_name: str, model_version: str) -> bytes:
+    return b"".join(_field(number, text.encode()) for number, text in ((1, model_name), (2, model_version)) if text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_tensor(name: str, rows: int, columns: int) -> bytes:
+    """An `outputs` entry: the same few for every reply of a model, whatever the numbers."""
+    return _field(5, _field(1, name.encode()) + _field(2, OUTPUT_DATATYPE.encode()) +
+                  _field(3, _varint(rows) + _varint(columns)))
+
+
 def encode_grpc(request: Any, model_name: str, model_version: str, names: Sequence[str],
                 forecasts: np.ndarray) -> bytes:
     """The serialized ModelInferResponse with raw little-endian FP32 tensors, only the requested outputs
     if any were named. Written in protobuf's wire format directly (fields in number order, as protobuf
-    writes them): a third of the cost of building the message and serializing it (~5 vs ~17 us)."""
+    writes them), its fixed parts cached: cheaper than building the message and serializing it."""
     by_name = dict(zip(names, forecasts))
-    head = [_field(number, text.encode()) for number, text in ((1, model_name), (2, model_version), (3, request.id))
-            if text]
-    outputs, raw = [], []
-    for name in [o.name for o in request.outputs] or list(names):
+    parts = [_reply_head(model_name, model_version)]
+    if request.id:
+        parts.append(_field(3, request.id.encode()))
+    raw = []
+    for name in [o.name for o in request.outputs] or names:
         if name not in by_name:
             raise unknown_output(name, names)
         block = np.ascontiguousarray(by_name[name], dtype="<f4")
-        shape = b"".join(_varint(d) for d in block.shape)
-        outputs.append(_field(5, _field(1, name.encode()) + _field(2, OUTPUT_DATATYPE.encode()) + _field(3, shape)))
-        raw.append(_field(6, block.tobytes()))
-    return b"".join(head + outputs + raw)
+        parts.append(_output_tensor(name, *block.shape))
+        data = block.tobytes()
+        raw += (b"\x32", _varint(len(data)), data)  # field 6 (raw_output_contents), length-delimited
+    return b"".join(parts + raw)
 
 
 def decode_v1(payload: Any, window: int) -> np.ndarray:

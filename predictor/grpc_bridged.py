@@ -9,6 +9,7 @@ the codec's, as for KServe's gRPC server.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -165,6 +166,9 @@ async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Repl
     with http.tracked(model.name, "grpc", "v2_infer") as state:
         try:
             message = await model.infer_grpc(request, inline=True)
+        except asyncio.CancelledError:  # the client reset the call, or its grpc-timeout passed
+            state.update(status=499, reason="cancelled")
+            raise
         except InvalidInput as exc:
             state.update(status=400, reason=getattr(exc, "code", None))
             logger.info("rejected request: %s", exc)

@@ -258,34 +258,43 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def drain_on_shutdown(front: EnvoyFront) -> None:
-    """On the first SIGTERM or SIGINT: drain Envoy, keep serving for `front.drain_s` so calls arriving
-    meanwhile are answered and carry the GOAWAY (Envoy sends it with a reply, not on an idle
-    connection), then stop as KServe would. A second signal ends the wait at once.
+class DrainFirst:
+    """`drain_first(then, *args)`: on the first signal, drain `front` (anything with `drain() -> bool` and
+    `drain_s`: EnvoyFront, grpc_native.NativeGRPCServer), keep serving `front.drain_s` seconds so calls
+    arriving meanwhile are answered with the GOAWAY, then `then(*args)`, the stop it stands before. A
+    second signal ends the wait at once. Runs in a signal handler, on the loop's thread."""
 
-    With one process, uvicorn takes the signal and stops REST at once (KServe's ModelServer.stop only
-    runs after it); with worker processes, ModelServer.stop takes it in this parent. Both are wrapped."""
-    import asyncio
+    def __init__(self, front):
+        self.front = front
+        self.waiting: list = []
 
-    import uvicorn
-    from kserve import ModelServer
+    def __call__(self, then, *args) -> None:
+        import asyncio
 
-    handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
-    waiting: list[asyncio.Handle] = []
-
-    def after_drain(then, *args) -> None:
-        if not front.drain() or front.drain_s <= 0:
-            for handle in waiting:
+        if not self.front.drain() or self.front.drain_s <= 0:
+            for handle in self.waiting:
                 handle.cancel()
             then(*args)
             return
         try:
-            loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the loop
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # the loop has not started or has ended: nothing to wait for
             then(*args)
             return
-        logger.info("draining gRPC connections; stopping in %ds", front.drain_s)
-        waiting.append(loop.call_soon_threadsafe(lambda: waiting.append(loop.call_later(front.drain_s, then, *args))))
+        logger.info("draining gRPC connections; stopping in %ds", self.front.drain_s)
+        self.waiting.append(loop.call_soon_threadsafe(
+            lambda: self.waiting.append(loop.call_later(self.front.drain_s, then, *args))))
 
-    uvicorn.Server.handle_exit = lambda self, sig, frame: after_drain(handle_exit, self, sig, frame)
-    ModelServer.stop = lambda self, sig: after_drain(stop, self, sig)
+
+def drain_on_shutdown(front) -> None:
+    """The server's stop waits for the drain (DrainFirst). With one process, uvicorn takes the signal and
+    stops REST at once (KServe's ModelServer.stop only runs after it); with worker processes,
+    ModelServer.stop takes it in this parent. Both are wrapped. (Worker processes drain their own
+    native gRPC front: predictor/workers.py.)"""
+    import uvicorn
+    from kserve import ModelServer
+
+    handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
+    drain_first = DrainFirst(front)
+    uvicorn.Server.handle_exit = lambda self, sig, frame: drain_first(handle_exit, self, sig, frame)
+    ModelServer.stop = lambda self, sig: drain_first(stop, self, sig)

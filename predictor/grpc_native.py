@@ -37,7 +37,11 @@ SERVICE = "inference.GRPCInferenceService"
 DEADLINE_EXCEEDED, INTERNAL = 4, 13
 MAX_HEADER_BYTES = 16 << 10  # HPACK-counted (name + value + 32 per field), as SETTINGS_MAX_HEADER_LIST_SIZE
 MAX_STREAMS = 1000  # per connection
-MAX_CONNECTIONS = 10_000
+MAX_CONNECTIONS = 4096
+# request bytes held for calls not answered yet: per connection (or 4 messages, if more), per process
+MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED = 64 << 20, 256 << 20
+PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S = 10, 600  # a connection that says nothing / makes no call is closed
+CLOSE_TIMEOUT_S = 5  # a client that does not read what is left to send is cut off
 STREAM_WINDOW, CONNECTION_WINDOW = 4 << 20, 16 << 20  # a 1,000-series request arrives without waiting
 TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # KServe's errors -> gRPC status, as its ExceptionToStatusInterceptor maps them for grpcio
@@ -114,7 +118,9 @@ class NativeGRPCServer:
         self._reuse_port = reuse_port
         self.rpcs: dict[bytes, tuple[type, Callable]] = {}
         self.connections: set[Connection] = set()
+        self.buffered = 0  # request bytes held by all connections
         self.draining = False
+        self._stopping = False
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self._server: Optional[asyncio.base_events.Server] = None
         self._stopped: Optional[asyncio.Future] = None
@@ -138,7 +144,27 @@ class NativeGRPCServer:
         sock = self._sock or bind(self.port, self._reuse_port)
         self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
         logger.info("gRPC on port %d served in process %d (libnghttp2)", self.port, os.getpid())
-        await self._stopped
+        sweeper = self.loop.create_task(self._sweep())
+        try:
+            if self._stopping:  # stop() came while the server was being created
+                self._server.close()
+            else:
+                await self._stopped
+        finally:
+            sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        """Closes connections that never spoke HTTP/2, or have made no call for a long time."""
+        while True:
+            await asyncio.sleep(min(PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S) / 2)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                if connection.streams:
+                    continue
+                if not connection.spoke and now - connection.last_active > PREFACE_TIMEOUT_S:
+                    connection.close()
+                elif now - connection.last_active > IDLE_TIMEOUT_S:
+                    connection.goaway()  # closes it: nothing is in flight
 
     def drain(self) -> bool:
         """Every connection gets a GOAWAY (NO_ERROR) now and keeps working, so clients open their next
@@ -151,7 +177,10 @@ class NativeGRPCServer:
 
     async def stop(self, sig: Optional[int] = None) -> None:
         """No new connections; calls in flight answered within the grace period; then every connection closes."""
-        if self._server is None or self._stopped.done():
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is None:  # not serving yet: start() sees the flag once its server exists
             return
         if self.drain() and self.drain_s > 0:  # nobody drained before REST stopped (worker processes)
             logger.info("draining gRPC connections for %ds", self.drain_s)
@@ -213,6 +242,8 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self.bodies: dict[int, list] = {}  # stream -> [reply body, bytes already sent]
         self.buffered = 0  # request bytes held for streams not yet answered
+        self.spoke = False  # any bytes received
+        self.last_active = time.monotonic()
         self.transport: Optional[asyncio.Transport] = None
         self.paused = False
         self.notice_pending = False
@@ -252,6 +283,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.session:
             return
+        self.spoke = True
+        self.last_active = time.monotonic()
         if lib.nghttp2_session_mem_recv(self.session, data, len(data)) < 0:  # not HTTP/2, or a protocol error
             self.flush()  # the GOAWAY libnghttp2 may have queued
             self.close()
@@ -308,7 +341,12 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.close()  # once what is left is written...
+            self.server.loop.call_later(CLOSE_TIMEOUT_S, self._abort)
+
+    def _abort(self) -> None:  # ...or not, if the client stopped reading
+        if self in self.server.connections:
+            self.transport.abort()
 
     # --- replies
     def answer(self, stream_id: int, reply: Reply) -> None:
@@ -318,97 +356,146 @@ class Connection(asyncio.Protocol):
         if self.notice_pending:
             self.notice_pending = False
             lib.nghttp2_submit_shutdown_notice(self.session)
-        stream.answered = True
-        self.buffered -= stream.size
-        stream.chunks = []
+        self._release(stream)
         if reply.status == 0:
             self.bodies[stream_id] = [reply.body, 0]
-            lib.nghttp2_submit_response(self.session, stream_id, OK_HEADERS, len(OK_HEADERS), C.byref(self._provider))
+            submitted = lib.nghttp2_submit_response(self.session, stream_id, OK_HEADERS, len(OK_HEADERS),
+                                                    C.byref(self._provider))
         else:  # trailers-only
             fields = nghttp2.headers([(b":status", b"200"), (b"content-type", b"application/grpc"),
                                       grpc_bridged.ACCEPT_ENCODING, (b"grpc-status", str(reply.status).encode()),
                                       (b"grpc-message", grpc_bridged.grpc_message(reply.message))])
-            lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+            submitted = lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+        self._check_submitted(stream_id, submitted)
+
+    def _release(self, stream: Stream) -> None:
+        """The request is answered: its bytes are no longer held."""
+        stream.answered = True
+        self.buffered -= stream.size
+        self.server.buffered -= stream.size
+        stream.chunks = []
+
+    def _check_submitted(self, stream_id: int, result: int) -> None:
+        if result < 0:  # libnghttp2 refused the reply (the stream is closing, say): reset rather than hang
+            logger.warning("gRPC reply on stream %d not sent: %s", stream_id, lib.nghttp2_strerror(result).decode())
+            self.bodies.pop(stream_id, None)
+            lib.nghttp2_submit_rst_stream(self.session, 0, stream_id, nghttp2.INTERNAL_ERROR)
+
+    def _refuse(self, stream_id: int, reply: Reply) -> None:
+        """Answered before the request has all arrived; the rest of it is read and dropped. (An RST_STREAM
+        NO_ERROR to stop the upload left grpcio clients with INTERNAL instead of this reply.)"""
+        self.answer(stream_id, reply)
 
     def _http_error(self, stream_id: int, status: bytes) -> None:
-        self.streams[stream_id].answered = True
+        self._release(self.streams[stream_id])
         fields = nghttp2.headers([(b":status", status)])
-        lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+        self._check_submitted(stream_id, lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None))
 
     async def _run(self, stream_id: int, stream: Stream) -> None:
         reply = await self.server.call(stream)
         self.answer(stream_id, reply)
         self.flush()
 
-    # --- libnghttp2's callbacks (inside mem_recv / mem_send); an exception here would be lost, so none escapes
+    # --- libnghttp2's callbacks, inside mem_recv and mem_send. An exception escaping one would only be
+    # printed by ctypes, and the callback would return 0: each logs it and resets the stream instead.
     def _on_begin_headers(self, session, frame, user_data) -> int:
         # a header block is never interleaved with another (RFC 9113 4.3): the fields that follow are its
-        self._receiving = self.streams.setdefault(frame.contents.stream_id, Stream())
-        return 0
+        try:
+            self._receiving = self.streams.setdefault(frame.contents.stream_id, Stream())
+            return 0
+        except Exception:
+            return _failed("begin headers")
 
     def _on_header(self, session, frame, name, namelen, value, valuelen, flags, user_data) -> int:
-        stream = self._receiving
-        stream.header_bytes += namelen + valuelen + 32
-        if stream.header_bytes > MAX_HEADER_BYTES:
-            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE  # the stream is reset; the connection lives on
-        if name in WANTED_HEADERS:
-            stream.headers[name] = value
-        return 0
+        try:
+            stream = self._receiving
+            stream.header_bytes += namelen + valuelen + 32
+            if name in WANTED_HEADERS and stream.header_bytes <= MAX_HEADER_BYTES:
+                stream.headers[name] = value
+            return 0
+        except Exception:
+            return _failed("header")
 
     def _on_data(self, session, flags, stream_id, data, length, user_data) -> int:
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.answered:
-            return 0  # the rest of a body already refused: dropped
-        stream.size += length
-        self.buffered += length
-        limit = grpc_bridged.max_message_bytes("receive")
-        if stream.size > limit + 5:
-            self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
-        elif self.buffered > max(64 << 20, 4 * (limit + 5)):
-            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "too many bytes of unanswered requests on this connection"))
-        else:
-            stream.chunks.append(data[:length])
-        return 0
+        try:
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.answered:
+                return 0  # the rest of a body already refused: dropped
+            stream.size += length
+            self.buffered += length
+            self.server.buffered += length
+            limit = grpc_bridged.max_message_bytes("receive")
+            if stream.size > limit + 5:
+                self._refuse(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
+                    grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
+            elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
+                  or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
+                self._refuse(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
+                                                                  "requests; retry later or elsewhere"))
+            else:
+                stream.chunks.append(data[:length])
+            return 0
+        except Exception:
+            return _failed("data")
 
     def _on_frame(self, session, frame, user_data) -> int:
-        header = frame.contents
-        if header.type not in (nghttp2.HEADERS, nghttp2.DATA) or not header.flags & nghttp2.FLAG_END_STREAM:
-            return 0
-        stream = self.streams.get(header.stream_id)
-        if stream is None or stream.answered or stream.task is not None:
-            return 0
         try:
-            if stream.headers.get(b":method") != b"POST":
-                self._http_error(header.stream_id, b"405")
-            elif not stream.headers.get(b"content-type", b"").startswith(b"application/grpc"):
-                self._http_error(header.stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
+            header = frame.contents
+            kind, stream_id = header.type, header.stream_id
+            if kind not in (nghttp2.HEADERS, nghttp2.DATA):
+                return 0
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.answered or stream.task is not None:
+                return 0
+            if kind == nghttp2.HEADERS and stream.header_bytes > MAX_HEADER_BYTES:
+                self._refuse(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
+            elif not header.flags & nghttp2.FLAG_END_STREAM:
+                return 0
+            elif stream.headers.get(b":method") != b"POST":
+                self._http_error(stream_id, b"405")
+            elif not is_grpc(stream.headers.get(b"content-type", b"")):
+                self._http_error(stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
             else:
-                stream.task = self.server.loop.create_task(self._run(header.stream_id, stream))
+                stream.task = self.server.loop.create_task(self._run(stream_id, stream))
+            return 0
         except Exception:
-            logger.exception("gRPC stream %d not dispatched", header.stream_id)
-            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
-        return 0
+            return _failed("frame")
 
     def _read(self, session, stream_id, buf, length, data_flags, source, user_data) -> int:
-        pending = self.bodies.get(stream_id)
-        if pending is None:
-            return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
-        body, sent = pending
-        chunk = body[sent:sent + length]  # never more than libnghttp2 has room for (flow control, frame size)
-        C.memmove(buf, chunk, len(chunk))
-        pending[1] = sent + len(chunk)
-        if pending[1] >= len(body):
-            del self.bodies[stream_id]
-            data_flags[0] = nghttp2.DATA_FLAG_EOF | nghttp2.DATA_FLAG_NO_END_STREAM  # the trailers end it
-            lib.nghttp2_submit_trailer(self.session, stream_id, OK_TRAILERS, len(OK_TRAILERS))
-        return len(chunk)
+        try:
+            pending = self.bodies.get(stream_id)
+            if pending is None:
+                return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
+            body, sent = pending
+            chunk = body[sent:sent + length]  # never more than libnghttp2 has room for (flow control, frame size)
+            C.memmove(buf, chunk, len(chunk))
+            pending[1] = sent + len(chunk)
+            if pending[1] >= len(body):
+                del self.bodies[stream_id]
+                data_flags[0] = nghttp2.DATA_FLAG_EOF | nghttp2.DATA_FLAG_NO_END_STREAM  # the trailers end it
+                lib.nghttp2_submit_trailer(self.session, stream_id, OK_TRAILERS, len(OK_TRAILERS))
+            return len(chunk)
+        except Exception:
+            return _failed("read")
 
     def _on_close(self, session, stream_id, error_code, user_data) -> int:
-        stream = self.streams.pop(stream_id, None)
-        self.bodies.pop(stream_id, None)
-        if stream is not None:
-            if not stream.answered:
-                self.buffered -= stream.size
-            if stream.task is not None and not stream.task.done():
-                stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
-        return 0
+        try:
+            stream = self.streams.pop(stream_id, None)
+            self.bodies.pop(stream_id, None)
+            if stream is not None:
+                if not stream.answered:
+                    self._release(stream)
+                if stream.task is not None and not stream.task.done():
+                    stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
+            return 0
+        except Exception:
+            return _failed("stream close")
+
+
+def is_grpc(content_type: bytes) -> bool:
+    return content_type == b"application/grpc" or content_type.startswith((b"application/grpc+", b"application/grpc;"))
+
+
+def _failed(callback: str) -> int:
+    logger.exception("gRPC front: %s callback failed", callback)
+    return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE

@@ -59,7 +59,19 @@ class RESTAndGRPCServer(rest_server.RESTServer):
 
 
 def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
+    from .grpc_front import DrainFirst
+
+    # the native front drains like the single process: GOAWAY on every connection, then REST and gRPC
+    # keep serving for its drain time before this worker stops
+    drain_first = DrainFirst(grpc_server) if hasattr(grpc_server, "drain") else None
+
     class ServerWithGRPC(server_class):
+        def handle_exit(self, sig, frame) -> None:
+            if drain_first is None:
+                server_class.handle_exit(self, sig, frame)
+            else:
+                drain_first(server_class.handle_exit, self, sig, frame)
+
         async def serve(self, sockets=None) -> None:
             grpc_task = asyncio.get_running_loop().create_task(grpc_server.start(max_threads))
 
@@ -72,9 +84,14 @@ def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
             grpc_task.add_done_callback(grpc_stopped)
             try:
                 await super().serve(sockets=sockets)
-            finally:  # uvicorn has drained REST after SIGTERM; now gRPC, within the same grace period
-                await grpc_server.stop()
+            finally:
+                await grpc_server.stop()  # (done already, unless REST failed to start)
                 grpc_task.cancel()
+
+        async def shutdown(self, sockets=None) -> None:
+            # beside REST's own, within the same grace period; here, because uvicorn re-raises the
+            # signal as soon as serve() returns, which ends this process before any `finally`
+            await asyncio.gather(super().shutdown(sockets=sockets), grpc_server.stop())
 
     return ServerWithGRPC
 

@@ -114,8 +114,8 @@ def test_requests_that_are_not_grpc_calls_get_http_and_grpc_errors(server, windo
     done = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{server.grpc_host}{INFER}"],
                           capture_output=True, text=True, timeout=30)  # HTTP/1.1 on the gRPC port
     assert done.stdout in ("000", "")  # the connection is closed: no HTTP/1.1 here
-    status, fields, code = curl(server, INFER, call, "x-padding: " + "a" * 20_000)  # past 16 KiB of headers
-    assert code != 0 and "grpc-status" not in fields  # the stream is reset
+    fields = curl(server, INFER, call, "x-padding: " + "a" * 20_000)[1]  # past 16 KiB of headers
+    assert fields["grpc-status"] == "8" and "request headers larger than 16384 bytes" in fields["grpc-message"]
     assert curl(server, INFER, call)[1]["grpc-status"] == "0"  # and the server goes on
 
 
@@ -139,6 +139,11 @@ def test_deadlines_and_clients_that_leave(model_dir, tmp_path, window):
         while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="grpc") != 0:
             assert time.monotonic() < deadline, "the abandoned call stayed in flight"
             time.sleep(0.1)
+        # the deadline and the hang-up are the clients' doing: counted as 499 "cancelled", not as 5xx
+        samples = scrape(srv)
+        assert value(samples, "perf_predictor_client_errors_total", model=MODEL_NAME, protocol="grpc",
+                     reason="cancelled") == 2
+        assert value(samples, "perf_predictor_requests_total", model=MODEL_NAME, protocol="grpc", status_class="5xx") == 0
         assert infer(srv, histories(1, window)).as_numpy("p50").shape == (1, 12)
     finally:
         stop_server(srv)
@@ -214,7 +219,13 @@ def test_workers_share_the_grpc_port(model_dir, tmp_path, window):
         assert len(serving) == 2 and str(srv.process.pid) not in serving, sockets  # two workers, not the parent
         for client in clients:
             client.close()
-        srv.process.send_signal(signal.SIGTERM)
+        with socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=5) as idle:  # on one of the workers
+            idle.sendall(PREFACE + struct.pack(">I", 0)[1:] + bytes([4, 0]) + struct.pack(">I", 0))
+            read_frames(idle, until_type=4, timeout=5)
+            srv.process.send_signal(signal.SIGTERM)  # the parent passes it on to the workers, which drain
+            goaway = [payload for kind, payload in read_frames(idle, until_type=GOAWAY, timeout=20) if kind == GOAWAY]
+            assert goaway and struct.unpack(">II", goaway[0][:8]) == (2**31 - 1, 0), goaway
         assert srv.process.wait(timeout=60) == 0
+        assert "draining gRPC connections" in srv.log()
     finally:
         stop_server(srv)
