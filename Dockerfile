@@ -63,7 +63,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libnghttp2-14 \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 RUN groupadd --system --gid 10001 predictor \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
