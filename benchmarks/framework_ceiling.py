@@ -65,11 +65,11 @@ def serve_native(port: int) -> None:
     import uvloop
 
     from predictor import grpc_native
-    from predictor.grpc_bridged import Reply
+    from predictor.grpc_bridged import Reply, framed
 
     class FixedReply(grpc_native.NativeGRPCServer):
         async def call(self, stream: grpc_native.Stream) -> Reply:  # the front's own work only
-            return Reply(0, "", b"\x00" + len(REPLY).to_bytes(4, "big") + REPLY)
+            return Reply(0, "", framed(REPLY))
 
     uvloop.run(FixedReply(port).start())
 

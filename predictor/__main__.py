@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import grpc_fastpath, grpc_front, grpc_native, logs, workers
     from .model import PerfPredictor
 
+    log = logging.getLogger("perf_predictor")
     args, _ = build_parser().parse_known_args(argv)
     if args.configure_logging and not args.log_config_file:
         # KServe reads its module-level args when it starts worker processes: give them the same config.
@@ -125,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model.load()
     except ModelLoadError as exc:
-        logging.getLogger("perf_predictor").error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
+        log.error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
-    log = logging.getLogger("perf_predictor")
     front = args.grpc_front
     if args.enable_grpc and front == "native" and not grpc_native.available():
         log.warning("gRPC served by envoy: %s (Debian: libnghttp2-14) is not installed", grpc_native.nghttp2.SONAME)

@@ -107,6 +107,11 @@ def message_of(body: bytes, encoding: Optional[bytes], limit: int) -> bytes:
     return body[5:]
 
 
+def framed(message: bytes) -> bytes:
+    """One gRPC message as it goes on the wire: uncompressed, 4-byte big-endian length."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def too_large(size: int, limit: int) -> CallError:
     return CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({size} vs. {limit})")
 
@@ -177,4 +182,4 @@ async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Repl
             state["status"] = 413  # counted as a client error, reason too_large
             return Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})")
         state["status"] = 200
-        return Reply(0, "", b"\x00" + len(message).to_bytes(4, "big") + message)
+        return Reply(0, "", framed(message))

@@ -7,8 +7,9 @@ on uvloop (README, Performance). Here a call goes from the socket to the model w
 `NativeGRPCServer` stands where KServe's GRPCServer would (same start/stop), in the single process and
 in each worker process. ModelInfer is answered by grpc_bridged.answer; the v2 protocol's other RPCs by
 KServe's own servicer, with the statuses KServe's interceptor gives its errors. Limits: the message
-size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 10,000
-connections. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
+size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096
+connections, caps on unanswered request bytes per connection and per process, and timeouts for
+connections that stay silent or idle. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
 calls in flight are answered within the grace period.
 """
 from __future__ import annotations
@@ -230,8 +231,7 @@ class NativeGRPCServer:
             if status is None:
                 raise
             return Reply(status, str(getattr(exc, "reason", exc)))
-        message = response.SerializeToString()
-        return Reply(0, "", b"\x00" + len(message).to_bytes(4, "big") + message)
+        return Reply(0, "", grpc_bridged.framed(response.SerializeToString()))
 
 
 class Connection(asyncio.Protocol):
@@ -381,11 +381,6 @@ class Connection(asyncio.Protocol):
             self.bodies.pop(stream_id, None)
             lib.nghttp2_submit_rst_stream(self.session, 0, stream_id, nghttp2.INTERNAL_ERROR)
 
-    def _refuse(self, stream_id: int, reply: Reply) -> None:
-        """Answered before the request has all arrived; the rest of it is read and dropped. (An RST_STREAM
-        NO_ERROR to stop the upload left grpcio clients with INTERNAL instead of this reply.)"""
-        self.answer(stream_id, reply)
-
     def _http_error(self, stream_id: int, status: bytes) -> None:
         self._release(self.streams[stream_id])
         fields = nghttp2.headers([(b":status", status)])
@@ -425,12 +420,14 @@ class Connection(asyncio.Protocol):
             self.buffered += length
             self.server.buffered += length
             limit = grpc_bridged.max_message_bytes("receive")
+            # answered before the request has all arrived; the rest of it is read and dropped (an
+            # RST_STREAM NO_ERROR to stop the upload left grpcio clients with INTERNAL, not this reply)
             if stream.size > limit + 5:
-                self._refuse(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
+                self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
                     grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
             elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
                   or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
-                self._refuse(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
+                self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
                                                                   "requests; retry later or elsewhere"))
             else:
                 stream.chunks.append(data[:length])
@@ -448,7 +445,7 @@ class Connection(asyncio.Protocol):
             if stream is None or stream.answered or stream.task is not None:
                 return 0
             if kind == nghttp2.HEADERS and stream.header_bytes > MAX_HEADER_BYTES:
-                self._refuse(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
+                self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
             elif not header.flags & nghttp2.FLAG_END_STREAM:
                 return 0
             elif stream.headers.get(b":method") != b"POST":
