@@ -119,6 +119,27 @@ def test_requests_that_are_not_grpc_calls_get_http_and_grpc_errors(server, windo
     assert curl(server, INFER, call)[1]["grpc-status"] == "0"  # and the server goes on
 
 
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is not installed; .ci/run installs it")
+def test_refused_requests_give_back_their_share_of_the_connection(server, tmp_path):
+    """70 MiB of bodies refused with 415, one after another on one connection: every one gets its 415.
+    Were the refused bytes still counted against the connection's 64 MiB, the later ones would be
+    refused as "too many bytes of unanswered requests" (a gRPC reply, HTTP 200) instead."""
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * (1 << 20))
+    out = subprocess.run(["h2load", "-c", "1", "-m", "1", "-n", "70", "-d", str(junk), "-H", "content-type: text/plain",
+                          f"http://{server.grpc_host}{INFER}"], capture_output=True, text=True, timeout=120).stdout
+    assert "status codes: 0 2xx, 0 3xx, 70 4xx, 0 5xx" in out, out
+
+
+def test_a_connection_that_never_speaks_is_closed(server):
+    with socket.create_connection(("127.0.0.1", server.grpc_port), timeout=30) as silent:
+        started = time.monotonic()
+        frames = read_frames(silent, until_type=-1, timeout=25)  # the server's SETTINGS, then the close
+        waited = time.monotonic() - started
+    assert frames and frames[0][0] == 4
+    assert 9 < waited < 20, f"closed after {waited:.1f}s, not 10-15 s"
+
+
 @pytest.mark.skipif(not CURL_HAS_HTTP2, reason="this curl has no HTTP/2")
 def test_deadlines_and_clients_that_leave(model_dir, tmp_path, window):
     """grpc-timeout ends a call with DEADLINE_EXCEEDED; a client that hangs up mid-call costs nothing
