@@ -38,11 +38,21 @@ COPY forecaster ./forecaster
 COPY training ./training
 RUN python -m training --out /mnt/models
 
-# The project itself, as a wheel (no dependencies: they are all in already); then trim the venv.
+# The project itself, as a wheel (no dependencies: they are all in already); then trim the venv. Its one
+# compiled part, predictor/_h2.c (the native gRPC front), needs a C compiler, Python's headers and
+# libnghttp2 here; the build fails rather than ship an image whose gRPC port falls back to Envoy.
+# hadolint ignore=DL3008
+RUN headers=""; \
+    python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
+        || headers=python3-dev; \
+    apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-14 $headers \
+    && rm -rf /var/lib/apt/lists/*
 COPY predictor ./predictor
-COPY pyproject.toml README* LICENSE* ./
+COPY pyproject.toml setup.py README* LICENSE* ./
 RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && pip install --no-deps /tmp/wheels/*.whl \
+    && python -I -c "import predictor._h2" \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
     && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
@@ -84,6 +94,8 @@ ENTRYPOINT ["python", "-m", "predictor"]
 # over the installed package. Container args (the KServe flags) are passed through.
 FROM app AS dev
 COPY --chown=10001:10001 predictor /opt/dev-src/predictor
+# the compiled part is not synced: the one built into the venv goes beside the synced sources
+RUN cp /opt/venv/lib/python3*/site-packages/predictor/_h2.*.so /opt/dev-src/predictor/
 ENTRYPOINT ["/bin/sh", "-c", "mkdir -p /tmp/dev && cp -R /opt/dev-src/predictor /tmp/dev/ && cd /tmp/dev && exec watchfiles --target-type command --filter python --sigint-timeout 8 \"python -m predictor $*\" /tmp/dev/predictor", "dev"]
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv serve train test lint render-manifests kind-up e2e-kind image bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py predictor/_h2.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,test]'
@@ -47,4 +47,4 @@ image:
 	bash scripts/build-image.sh
 
 clean:
-	rm -rf $(VENV) models .pytest_cache
+	rm -rf $(VENV) models .pytest_cache build predictor/_h2.*.so

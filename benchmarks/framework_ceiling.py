@@ -4,7 +4,7 @@
 
 Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs),
 the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), and perf-predictor's
-native gRPC front (predictor/grpc_native.py: libnghttp2 in the process; skipped without the library),
+native gRPC front (predictor/grpc_native.py: libnghttp2 in the process; skipped where predictor._h2 is not built),
 whose handlers return a fixed 240-byte reply, and loads them as
 `make bench` loads the real servers: wrk for REST, h2load for gRPC, single-series request bodies,
 concurrency 1 and 16. The gaps between the rows are the per-call costs of the frameworks, the part of
@@ -13,7 +13,7 @@ concurrency 1 and 16. The gaps between the rows are the per-call costs of the fr
 from __future__ import annotations
 
 import argparse
-import ctypes.util
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -59,6 +59,10 @@ def serve_grpc(port: int) -> None:
         await server.wait_for_termination()
 
     uvloop.run(main())
+
+
+def native_available() -> bool:
+    return importlib.util.find_spec("predictor._h2") is not None
 
 
 def serve_native(port: int) -> None:
@@ -119,12 +123,12 @@ def main() -> int:
         "asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body", [__file__, "--serve", "asgi"]),
         "grpc": ("grpc.aio, uvloop", grpc_load, [__file__, "--serve", "grpc"]),
         "envoy": ("Envoy gRPC front -> the uvicorn app", grpc_load, [__file__, "--serve", "asgi"]),
-        "native": ("native gRPC front: libnghttp2 in the process (ctypes), uvloop", grpc_load,
+        "native": ("native gRPC front: libnghttp2 in the process (predictor/_h2.c), uvloop", grpc_load,
                    [__file__, "--serve", "native"]),
     }
     for stack, (name, load, command) in stacks.items():
-        if stack == "native" and not ctypes.util.find_library("nghttp2"):
-            print(f"| {name} | skipped: no libnghttp2 (Debian libnghttp2-14) | – | – |")
+        if stack == "native" and not native_available():
+            print(f"| {name} | skipped: predictor._h2 is not built (see setup.py) | – | – |")
             continue
         proc = subprocess.Popen([sys.executable, *command, "--port", str(port)],
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})

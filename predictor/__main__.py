@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     front = args.grpc_front
     if args.enable_grpc and front == "native" and not grpc_native.available():
-        log.warning("gRPC served by envoy: %s (Debian: libnghttp2-14) is not installed", grpc_native.nghttp2.SONAME)
+        log.warning("gRPC served by envoy: the native front is not available (%s)", grpc_native.UNAVAILABLE_BECAUSE)
         front = "envoy"
     kserve_grpc_port = args.grpc_port
     if args.enable_grpc and front == "native":

@@ -1,4 +1,4 @@
-"""The gRPC port served inside this process: HTTP/2 by libnghttp2 (nghttp2.py) on the server's event loop.
+"""The gRPC port served inside this process: HTTP/2 by libnghttp2 (_h2.c) on the server's event loop.
 
 Envoy in front (grpc_front.py) costs a second process on every call: single-series gRPC ran at 70-80%
 of REST JSON's rate, and its own ceiling with no model was 1,326 calls/s against 3,816 for libnghttp2
@@ -15,7 +15,6 @@ calls in flight are answered within the grace period.
 from __future__ import annotations
 
 import asyncio
-import ctypes as C
 import logging
 import os
 import socket
@@ -27,12 +26,18 @@ from kserve import errors
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import grpc_bridged, nghttp2
+from . import grpc_bridged
 from .grpc_bridged import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED, CallError, Reply
 from .grpc_front import INFER_PATH, listen_address
 
+try:
+    from . import _h2 as h2  # compiled from _h2.c at install; needs libnghttp2.so.14
+except ImportError as exc:
+    h2, UNAVAILABLE_BECAUSE = None, str(exc)
+else:
+    UNAVAILABLE_BECAUSE = ""
+
 logger = logging.getLogger("perf_predictor")
-lib = nghttp2.load()
 
 SERVICE = "inference.GRPCInferenceService"
 DEADLINE_EXCEEDED, INTERNAL = 4, 13
@@ -49,14 +54,17 @@ TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"
 KSERVE_STATUS = [((errors.InferenceError, errors.InvalidInput, errors.UnsupportedProtocol), INVALID_ARGUMENT),
                  ((errors.ServerNotReady, errors.ServerNotLive, errors.ModelNotReady), UNAVAILABLE),
                  ((errors.ModelNotFound,), NOT_FOUND), ((NotImplementedError,), UNIMPLEMENTED)]
-OK_HEADERS = nghttp2.headers([(b":status", b"200"), (b"content-type", b"application/grpc"), grpc_bridged.ACCEPT_ENCODING])
-OK_TRAILERS = nghttp2.headers([(b"grpc-status", b"0")])
+OK_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"), grpc_bridged.ACCEPT_ENCODING)
+OK_TRAILERS = ((b"grpc-status", b"0"),)
 INFER = INFER_PATH.encode()
-WANTED_HEADERS = frozenset((b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout"))
+WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout")
+# SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
+SETTINGS = {3: MAX_STREAMS, 4: STREAM_WINDOW, 6: MAX_HEADER_BYTES}
+NO_ERROR, INTERNAL_ERROR, ENHANCE_YOUR_CALM = 0, 2, 11  # HTTP/2 error codes
 
 
 def available() -> bool:
-    return lib is not None
+    return h2 is not None
 
 
 def bind(port: int, reuse_port: bool = False) -> socket.socket:
@@ -235,37 +243,19 @@ class NativeGRPCServer:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: bytes into libnghttp2, its callbacks into streams, replies back out."""
+    """One client connection: bytes into libnghttp2, its events into streams, replies back out."""
 
     def __init__(self, server: NativeGRPCServer):
         self.server = server
         self.streams: dict[int, Stream] = {}
-        self.bodies: dict[int, list] = {}  # stream -> [reply body, bytes already sent]
         self.buffered = 0  # request bytes held for streams not yet answered
         self.spoke = False  # any bytes received
         self.last_active = time.monotonic()
         self.transport: Optional[asyncio.Transport] = None
         self.paused = False
         self.notice_pending = False
-        self._receiving = Stream()  # the stream whose header block is arriving
-        self.session = C.c_void_p()
-        # the C callbacks must live as long as the session
-        self._callbacks = (nghttp2.ON_FRAME(self._on_begin_headers), nghttp2.ON_HEADER(self._on_header),
-                           nghttp2.ON_DATA(self._on_data), nghttp2.ON_FRAME(self._on_frame),
-                           nghttp2.ON_CLOSE(self._on_close))
-        self._provider = nghttp2.DataProvider(None, nghttp2.READ(self._read))
-        callbacks = C.c_void_p()
-        lib.nghttp2_session_callbacks_new(C.byref(callbacks))
-        for setter, callback in zip(("on_begin_headers", "on_header", "on_data_chunk_recv", "on_frame_recv",
-                                     "on_stream_close"), self._callbacks):
-            getattr(lib, f"nghttp2_session_callbacks_set_{setter}_callback")(callbacks, callback)
-        lib.nghttp2_session_server_new(C.byref(self.session), callbacks, None)
-        lib.nghttp2_session_callbacks_del(callbacks)
-        entries = nghttp2.settings({nghttp2.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                                    nghttp2.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                                    nghttp2.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES})
-        lib.nghttp2_submit_settings(self.session, 0, entries, len(entries))
-        lib.nghttp2_session_set_local_window_size(self.session, 0, 0, CONNECTION_WINDOW)
+        self.session: Optional[h2.Session] = h2.Session(WANTED_HEADERS, MAX_HEADER_BYTES, SETTINGS)
+        self.session.set_connection_window(CONNECTION_WINDOW)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -273,7 +263,7 @@ class Connection(asyncio.Protocol):
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.server.connections) >= MAX_CONNECTIONS:
             logger.warning("gRPC connection refused: already %d open", MAX_CONNECTIONS)
-            lib.nghttp2_submit_goaway(self.session, 0, 0, nghttp2.ENHANCE_YOUR_CALM, None, 0)
+            self.session.goaway(ENHANCE_YOUR_CALM)
         # a connection opened while draining hears the GOAWAY with its first reply: sent before any call,
         # it makes clients give up that call (nghttp does) instead of moving only their next ones
         self.notice_pending = self.server.draining
@@ -281,29 +271,33 @@ class Connection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        if not self.session:
+        if self.session is None:
             return
         self.spoke = True
         self.last_active = time.monotonic()
-        if lib.nghttp2_session_mem_recv(self.session, data, len(data)) < 0:  # not HTTP/2, or a protocol error
+        try:
+            events = self.session.recv(data)
+        except h2.Error:  # not HTTP/2, or a protocol error
             self.flush()  # the GOAWAY libnghttp2 may have queued
             self.close()
-        elif lib.nghttp2_session_want_write(self.session):  # acks, window updates; replies come later
+            return
+        self._handle(events)
+        if self.session.want_write():  # acks, window updates, early refusals; replies come later
             self.flush()
-        elif not lib.nghttp2_session_want_read(self.session):  # the client said GOAWAY; nothing in flight
+        elif not self.session.want_read():  # the client said GOAWAY; nothing in flight
             self.close()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.server.connections.discard(self)
         for stream in self.streams.values():
+            if not stream.answered:
+                self._release(stream)
             if stream.task is not None:
                 stream.task.cancel()
         self.streams.clear()
-        self.bodies.clear()
-        if self.session:
-            lib.nghttp2_session_del(self.session)
-            self.session = C.c_void_p()
-        self._callbacks = self._provider = None  # they refer back to this object
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
     def pause_writing(self) -> None:  # the client does not read: libnghttp2 keeps the frames meanwhile
         self.paused = True
@@ -314,30 +308,32 @@ class Connection(asyncio.Protocol):
 
     # --- what the server asks of a connection
     def flush(self) -> None:
-        if not self.session or self.paused or self.transport is None:
+        if self.session is None or self.paused or self.transport is None:
             return
-        data = C.POINTER(C.c_char)()
-        out = []
-        while (size := lib.nghttp2_session_mem_send(self.session, C.byref(data))) > 0:
-            out.append(C.string_at(data, size))
-        if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if size < 0 or not (lib.nghttp2_session_want_read(self.session) or lib.nghttp2_session_want_write(self.session)):
-            self.close()  # after a final GOAWAY with nothing left in flight, or a fatal error
+        try:
+            data = self.session.send()
+        except h2.Error:
+            self.close()
+            return
+        if data:
+            self.transport.write(data)
+        if (events := self.session.take()) is not None:  # streams closed by what was just sent
+            self._handle(events)
+        if not (self.session.want_read() or self.session.want_write()):
+            self.close()  # after a final GOAWAY with nothing left in flight
 
     def shutdown_notice(self) -> None:
-        if self.session:
-            lib.nghttp2_submit_shutdown_notice(self.session)
+        if self.session is not None:
+            self.session.shutdown_notice()
             self.flush()
 
     def goaway(self) -> None:
-        if self.session:
-            last = lib.nghttp2_session_get_last_proc_stream_id(self.session)
-            lib.nghttp2_submit_goaway(self.session, 0, last, nghttp2.NO_ERROR, None, 0)
+        if self.session is not None:
+            self.session.goaway(NO_ERROR)
             self.flush()
 
     def busy(self) -> bool:
-        return bool(self.session) and bool(self.streams or self.bodies)
+        return self.session is not None and bool(self.streams)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -351,21 +347,18 @@ class Connection(asyncio.Protocol):
     # --- replies
     def answer(self, stream_id: int, reply: Reply) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.answered or not self.session:  # reset by the client meanwhile
+        if stream is None or stream.answered or self.session is None:  # reset by the client meanwhile
             return
         if self.notice_pending:
             self.notice_pending = False
-            lib.nghttp2_submit_shutdown_notice(self.session)
+            self.session.shutdown_notice()
         self._release(stream)
         if reply.status == 0:
-            self.bodies[stream_id] = [reply.body, 0]
-            submitted = lib.nghttp2_submit_response(self.session, stream_id, OK_HEADERS, len(OK_HEADERS),
-                                                    C.byref(self._provider))
+            submitted = self.session.respond(stream_id, OK_HEADERS, reply.body, OK_TRAILERS)
         else:  # trailers-only
-            fields = nghttp2.headers([(b":status", b"200"), (b"content-type", b"application/grpc"),
-                                      grpc_bridged.ACCEPT_ENCODING, (b"grpc-status", str(reply.status).encode()),
-                                      (b"grpc-message", grpc_bridged.grpc_message(reply.message))])
-            submitted = lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None)
+            submitted = self.session.respond(stream_id, (
+                *OK_HEADERS, (b"grpc-status", str(reply.status).encode()),
+                (b"grpc-message", grpc_bridged.grpc_message(reply.message))))
         self._check_submitted(stream_id, submitted)
 
     def _release(self, stream: Stream) -> None:
@@ -377,122 +370,83 @@ class Connection(asyncio.Protocol):
 
     def _check_submitted(self, stream_id: int, result: int) -> None:
         if result < 0:  # libnghttp2 refused the reply (the stream is closing, say): reset rather than hang
-            logger.warning("gRPC reply on stream %d not sent: %s", stream_id, lib.nghttp2_strerror(result).decode())
-            self.bodies.pop(stream_id, None)
-            lib.nghttp2_submit_rst_stream(self.session, 0, stream_id, nghttp2.INTERNAL_ERROR)
+            logger.warning("gRPC reply on stream %d not sent: %s", stream_id, h2.strerror(result))
+            self.session.reset(stream_id, INTERNAL_ERROR)
 
     def _http_error(self, stream_id: int, status: bytes) -> None:
         self._release(self.streams[stream_id])
-        fields = nghttp2.headers([(b":status", status)])
-        self._check_submitted(stream_id, lib.nghttp2_submit_response(self.session, stream_id, fields, len(fields), None))
+        self._check_submitted(stream_id, self.session.respond(stream_id, ((b":status", status),)))
 
     async def _run(self, stream_id: int, stream: Stream) -> None:
         reply = await self.server.call(stream)
         self.answer(stream_id, reply)
         self.flush()
 
-    # --- libnghttp2's callbacks, inside mem_recv and mem_send. An exception escaping one would only be
-    # printed by ctypes, and the callback would return 0: each logs it and resets the stream instead.
-    def _on_begin_headers(self, session, frame, user_data) -> int:
-        # a header block is never interleaved with another (RFC 9113 4.3): the fields that follow are its
-        try:
-            self._receiving = self.streams.setdefault(frame.contents.stream_id, Stream())
-            return 0
-        except Exception:
-            return _failed("begin headers")
+    # --- libnghttp2's events (predictor/_h2.c), in the order it reported them
+    def _handle(self, events: list[tuple]) -> None:
+        for event in events:
+            kind, stream_id = event[0], event[1]
+            if kind == h2.DATA:
+                self._on_data(stream_id, event[2])
+            elif kind == h2.HEADERS:
+                stream = self.streams.get(stream_id)
+                if stream is None:
+                    stream = self.streams[stream_id] = Stream()
+                    stream.headers = event[2]
+                else:  # trailers
+                    stream.headers.update(event[2])
+                stream.header_bytes += event[3]
+                self._on_frame(stream_id, stream, headers=True, end=event[4])
+            elif kind == h2.END:
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    self._on_frame(stream_id, stream, headers=False, end=True)
+            elif kind == h2.CLOSED:
+                self._on_close(stream_id)
 
-    def _on_header(self, session, frame, name, namelen, value, valuelen, flags, user_data) -> int:
-        try:
-            stream = self._receiving
-            stream.header_bytes += namelen + valuelen + 32
-            if name in WANTED_HEADERS and stream.header_bytes <= MAX_HEADER_BYTES:
-                stream.headers[name] = value
-            return 0
-        except Exception:
-            return _failed("header")
+    def _on_data(self, stream_id: int, data: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.answered:
+            return  # the rest of a body already refused: dropped
+        length = len(data)
+        stream.size += length
+        self.buffered += length
+        self.server.buffered += length
+        limit = grpc_bridged.max_message_bytes("receive")
+        # answered before the request has all arrived; the rest of it is read and dropped (an
+        # RST_STREAM NO_ERROR to stop the upload left grpcio clients with INTERNAL, not this reply)
+        if stream.size > limit + 5:
+            self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
+                grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
+        elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
+              or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
+            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
+                                                              "requests; retry later or elsewhere"))
+        else:
+            stream.chunks.append(data)
 
-    def _on_data(self, session, flags, stream_id, data, length, user_data) -> int:
-        try:
-            stream = self.streams.get(stream_id)
-            if stream is None or stream.answered:
-                return 0  # the rest of a body already refused: dropped
-            stream.size += length
-            self.buffered += length
-            self.server.buffered += length
-            limit = grpc_bridged.max_message_bytes("receive")
-            # answered before the request has all arrived; the rest of it is read and dropped (an
-            # RST_STREAM NO_ERROR to stop the upload left grpcio clients with INTERNAL, not this reply)
-            if stream.size > limit + 5:
-                self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
-                    grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
-            elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
-                  or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
-                self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
-                                                                  "requests; retry later or elsewhere"))
-            else:
-                stream.chunks.append(data[:length])
-            return 0
-        except Exception:
-            return _failed("data")
+    def _on_frame(self, stream_id: int, stream: Stream, headers: bool, end: bool) -> None:
+        if stream.answered or stream.task is not None:
+            return
+        if headers and stream.header_bytes > MAX_HEADER_BYTES:
+            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
+        elif not end:
+            return
+        elif stream.headers.get(b":method") != b"POST":
+            self._http_error(stream_id, b"405")
+        elif not is_grpc(stream.headers.get(b"content-type", b"")):
+            self._http_error(stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
+        else:
+            stream.task = self.server.loop.create_task(self._run(stream_id, stream))
 
-    def _on_frame(self, session, frame, user_data) -> int:
-        try:
-            header = frame.contents
-            kind, stream_id = header.type, header.stream_id
-            if kind not in (nghttp2.HEADERS, nghttp2.DATA):
-                return 0
-            stream = self.streams.get(stream_id)
-            if stream is None or stream.answered or stream.task is not None:
-                return 0
-            if kind == nghttp2.HEADERS and stream.header_bytes > MAX_HEADER_BYTES:
-                self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
-            elif not header.flags & nghttp2.FLAG_END_STREAM:
-                return 0
-            elif stream.headers.get(b":method") != b"POST":
-                self._http_error(stream_id, b"405")
-            elif not is_grpc(stream.headers.get(b"content-type", b"")):
-                self._http_error(stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
-            else:
-                stream.task = self.server.loop.create_task(self._run(stream_id, stream))
-            return 0
-        except Exception:
-            return _failed("frame")
-
-    def _read(self, session, stream_id, buf, length, data_flags, source, user_data) -> int:
-        try:
-            pending = self.bodies.get(stream_id)
-            if pending is None:
-                return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE
-            body, sent = pending
-            chunk = body[sent:sent + length]  # never more than libnghttp2 has room for (flow control, frame size)
-            C.memmove(buf, chunk, len(chunk))
-            pending[1] = sent + len(chunk)
-            if pending[1] >= len(body):
-                del self.bodies[stream_id]
-                data_flags[0] = nghttp2.DATA_FLAG_EOF | nghttp2.DATA_FLAG_NO_END_STREAM  # the trailers end it
-                lib.nghttp2_submit_trailer(self.session, stream_id, OK_TRAILERS, len(OK_TRAILERS))
-            return len(chunk)
-        except Exception:
-            return _failed("read")
-
-    def _on_close(self, session, stream_id, error_code, user_data) -> int:
-        try:
-            stream = self.streams.pop(stream_id, None)
-            self.bodies.pop(stream_id, None)
-            if stream is not None:
-                if not stream.answered:
-                    self._release(stream)
-                if stream.task is not None and not stream.task.done():
-                    stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
-            return 0
-        except Exception:
-            return _failed("stream close")
+    def _on_close(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            if not stream.answered:
+                self._release(stream)
+            if stream.task is not None and not stream.task.done():
+                stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
 
 
 def is_grpc(content_type: bytes) -> bool:
     return content_type == b"application/grpc" or content_type.startswith((b"application/grpc+", b"application/grpc;"))
-
-
-def _failed(callback: str) -> int:
-    logger.exception("gRPC front: %s callback failed", callback)
-    return nghttp2.ERR_TEMPORAL_CALLBACK_FAILURE

@@ -37,6 +37,16 @@ def infer(srv, history: np.ndarray, **kwargs):
     return grpcclient.InferenceServerClient(srv.grpc_host).infer(MODEL_NAME, [tensor], **kwargs)
 
 
+def test_the_native_front_is_built():
+    """Without its compiled part the server quietly puts Envoy in front and the native front's tests
+    skip; here, where the install had a compiler, that would be a broken build."""
+    try:
+        import predictor._h2  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"predictor._h2 is not built ({exc}): setup.py needs a C compiler, Python's headers and "
+                    "libnghttp2.so.14")
+
+
 def test_kserve_front_serves_the_same_forecasts(server, model_dir, tmp_path, window):
     """--grpc_front kserve: grpcio's server on the public port, as before Envoy; same answers, same errors."""
     srv = start_server(model_dir, tmp_path / "kserve.log", "--grpc_front", "kserve")
