@@ -76,6 +76,8 @@ int nghttp2_session_server_new(nghttp2_session **, const nghttp2_session_callbac
 void nghttp2_session_del(nghttp2_session *);
 ssize_t nghttp2_session_mem_recv(nghttp2_session *, const uint8_t *, size_t);
 ssize_t nghttp2_session_mem_send(nghttp2_session *, const uint8_t **);
+void *nghttp2_session_find_stream(nghttp2_session *, int32_t); /* an nghttp2_stream *, or NULL */
+int nghttp2_stream_get_state(void *);
 int nghttp2_session_want_read(nghttp2_session *);
 int nghttp2_session_want_write(nghttp2_session *);
 int nghttp2_session_set_local_window_size(nghttp2_session *, uint8_t, int32_t, int32_t);
@@ -90,7 +92,8 @@ const char *nghttp2_strerror(int);
 
 enum { FRAME_DATA = 0, FRAME_HEADERS = 1, FLAG_END_STREAM = 0x01 };
 enum { DATA_FLAG_EOF = 0x01, DATA_FLAG_NO_END_STREAM = 0x02 };
-enum { ERR_TEMPORAL_CALLBACK_FAILURE = -521, ERR_CALLBACK_FAILURE = -902 };
+enum { STREAM_STATE_OPEN = 2, STREAM_STATE_HALF_CLOSED_REMOTE = 6 }; /* nghttp2_stream_proto_state */
+enum { ERR_STREAM_CLOSED = -510, ERR_TEMPORAL_CALLBACK_FAILURE = -521, ERR_CALLBACK_FAILURE = -902 };
 enum { EVENT_DATA = 0, EVENT_HEADERS = 1, EVENT_END = 2, EVENT_CLOSED = 3 };
 #define MAX_FIELDS 16 /* header fields of one reply or trailer block */
 
@@ -176,28 +179,28 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
     return append_event(self, Py_BuildValue("(iiI)", EVENT_CLOSED, stream_id, error_code));
 }
 
-/* fields: a sequence of (name, value) bytes pairs -> nv, pointing into those bytes (libnghttp2 copies) */
+/* fields: a tuple of (name, value) bytes pairs -> nv, pointing into those bytes, which the caller's
+ * reference to `fields` keeps alive (libnghttp2 copies them). Tuples only: nothing here runs Python code. */
 static Py_ssize_t to_nv(PyObject *fields, nghttp2_nv *nv) {
-    PyObject *seq = PySequence_Fast(fields, "header fields must be a sequence of (name, value) pairs");
-    if (seq == NULL)
+    if (!PyTuple_Check(fields)) {
+        PyErr_SetString(PyExc_TypeError, "header fields must be a tuple of (name, value) pairs");
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
     if (n > MAX_FIELDS) {
         PyErr_Format(PyExc_ValueError, "at most %d header fields", MAX_FIELDS);
-        n = -1;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i), *name, *value;
+        PyObject *pair = PyTuple_GET_ITEM(fields, i), *name, *value;
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(name = PyTuple_GET_ITEM(pair, 0))
             || !PyBytes_Check(value = PyTuple_GET_ITEM(pair, 1))) {
             PyErr_SetString(PyExc_TypeError, "a header field is a (bytes, bytes) pair");
-            n = -1;
-            break;
+            return -1;
         }
         nv[i] = (nghttp2_nv){(uint8_t *)PyBytes_AS_STRING(name), (uint8_t *)PyBytes_AS_STRING(value),
                              (size_t)PyBytes_GET_SIZE(name), (size_t)PyBytes_GET_SIZE(value), 0};
     }
-    Py_DECREF(seq); /* the bytes stay alive: the caller holds `fields` */
     return n;
 }
 
@@ -250,12 +253,12 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!nO!", keywords, &PyTuple_Type, &wanted, &max_header_bytes,
                                      &PyDict_Type, &settings))
         return -1;
-    if (self->session != NULL) {
+    if (self->events != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
         return -1;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(wanted); i++)
-        if (!PyBytes_Check(PyTuple_GET_ITEM(wanted, i))) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(wanted, i))) { /* exact: hashing them runs no Python code */
             PyErr_SetString(PyExc_TypeError, "wanted header names must be bytes");
             return -1;
         }
@@ -267,10 +270,16 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwargs) {
             PyErr_SetString(PyExc_ValueError, "at most 8 settings");
             return -1;
         }
-        entries[n].settings_id = (int32_t)PyLong_AsLong(id);
-        entries[n].value = (uint32_t)PyLong_AsUnsignedLong(value);
+        long key = PyLong_AsLong(id);
+        unsigned long setting = PyLong_AsUnsignedLong(value);
         if (PyErr_Occurred())
             return -1;
+        if (key < 1 || key > 0xffff || setting > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "a setting is a 16-bit identifier and a 32-bit value");
+            return -1;
+        }
+        entries[n].settings_id = (int32_t)key;
+        entries[n].value = (uint32_t)setting;
         n++;
     }
     Py_INCREF(wanted);
@@ -309,6 +318,7 @@ static int Session_traverse(Session *self, visitproc visit, void *arg) {
     Py_VISIT(self->events);
     Py_VISIT(self->replies);
     Py_VISIT(self->block);
+    Py_VISIT(self->wanted);
     return 0;
 }
 
@@ -359,7 +369,7 @@ static PyObject *Session_recv(Session *self, PyObject *arg) {
 }
 
 static PyObject *Session_take(Session *self, PyObject *unused) {
-    if (PyList_GET_SIZE(self->events) == 0)
+    if (self->events == NULL || PyList_GET_SIZE(self->events) == 0)
         Py_RETURN_NONE;
     return take_events(self);
 }
@@ -394,14 +404,24 @@ static PyObject *Session_respond(Session *self, PyObject *args) {
         return NULL;
     if (body != Py_None && !PyBytes_Check(body))
         return PyErr_Format(PyExc_TypeError, "body must be bytes or None");
-    nghttp2_nv nv[MAX_FIELDS];
+    nghttp2_nv nv[MAX_FIELDS], checked[MAX_FIELDS];
     Py_ssize_t n = to_nv(fields, nv);
-    if (n < 0)
+    if (n < 0 || (trailers != Py_None && to_nv(trailers, checked) < 0)) /* checked now, sent from read_reply */
         return NULL;
+    void *stream = nghttp2_session_find_stream(self->session, stream_id); /* closed ones may be kept a while */
+    int state = stream == NULL ? 0 : nghttp2_stream_get_state(stream);
+    if (state != STREAM_STATE_OPEN && state != STREAM_STATE_HALF_CLOSED_REMOTE)
+        return PyLong_FromLong(ERR_STREAM_CLOSED); /* nothing to answer any more: nothing kept */
     if (body == Py_None)
         return PyLong_FromLong(nghttp2_submit_response(self->session, stream_id, nv, (size_t)n, NULL));
-    PyObject *key = PyLong_FromLong(stream_id), *reply = Py_BuildValue("[OiO]", body, 0, trailers);
-    if (key == NULL || reply == NULL || PyDict_SetItem(self->replies, key, reply) < 0) {
+    PyObject *key = PyLong_FromLong(stream_id), *reply = NULL;
+    int known = key == NULL ? -1 : PyDict_Contains(self->replies, key);
+    if (known == 1) {
+        Py_DECREF(key);
+        return PyErr_Format(PyExc_ValueError, "stream %d already has a reply", stream_id);
+    }
+    if (known < 0 || (reply = Py_BuildValue("[OiO]", body, 0, trailers)) == NULL
+        || PyDict_SetItem(self->replies, key, reply) < 0) {
         Py_XDECREF(key);
         Py_XDECREF(reply);
         return NULL;
@@ -441,6 +461,8 @@ static PyObject *Session_set_connection_window(Session *self, PyObject *arg) {
     long size = PyLong_AsLong(arg);
     if (!open_session(self) || (size == -1 && PyErr_Occurred()))
         return NULL;
+    if (size < 0 || size > INT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "a window is 0 to 2**31-1 bytes");
     return PyLong_FromLong(nghttp2_session_set_local_window_size(self->session, 0, 0, (int32_t)size));
 }
 

@@ -9,7 +9,7 @@ in each worker process. ModelInfer is answered by grpc_bridged.answer; the v2 pr
 KServe's own servicer, with the statuses KServe's interceptor gives its errors. Limits: the message
 size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096
 connections, caps on unanswered request bytes per connection and per process, and timeouts for
-connections that stay silent or idle. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
+connections that stay silent or idle and for calls whose request or reply stalls. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
 calls in flight are answered within the grace period.
 """
 from __future__ import annotations
@@ -48,6 +48,10 @@ MAX_CONNECTIONS = 4096
 MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED = 64 << 20, 256 << 20
 PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S = 10, 600  # a connection that says nothing / makes no call is closed
 CLOSE_TIMEOUT_S = 5  # a client that does not read what is left to send is cut off
+# a call whose request has not ended, or whose reply has not gone out, this long after it began or was
+# answered is reset (its bytes are held meanwhile); a connection that takes nothing for as long is cut off
+STALL_TIMEOUT_S = 60
+SWEEP_S = 5  # how often the timeouts above are checked
 STREAM_WINDOW, CONNECTION_WINDOW = 4 << 20, 16 << 20  # a 1,000-series request arrives without waiting
 TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # KServe's errors -> gRPC status, as its ExceptionToStatusInterceptor maps them for grpcio
@@ -60,7 +64,7 @@ INFER = INFER_PATH.encode()
 WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout")
 # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
 SETTINGS = {3: MAX_STREAMS, 4: STREAM_WINDOW, 6: MAX_HEADER_BYTES}
-NO_ERROR, INTERNAL_ERROR, ENHANCE_YOUR_CALM = 0, 2, 11  # HTTP/2 error codes
+NO_ERROR, INTERNAL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0, 2, 8, 11  # HTTP/2 error codes
 
 
 def available() -> bool:
@@ -106,9 +110,10 @@ def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable
 
 
 class Stream:
-    __slots__ = ("headers", "header_bytes", "chunks", "size", "task", "answered")
+    __slots__ = ("headers", "header_bytes", "chunks", "size", "task", "answered", "since")
 
     def __init__(self):
+        self.since = time.monotonic()  # opened; then answered
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.chunks: list[bytes] = []
@@ -163,14 +168,15 @@ class NativeGRPCServer:
             sweeper.cancel()
 
     async def _sweep(self) -> None:
-        """Closes connections that never spoke HTTP/2, or have made no call for a long time."""
+        """Closes connections that never spoke HTTP/2, or have made no call for a long time; resets calls
+        that stalled."""
         while True:
-            await asyncio.sleep(min(PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S) / 2)
+            await asyncio.sleep(SWEEP_S)
             now = time.monotonic()
             for connection in list(self.connections):
                 if connection.streams:
-                    continue
-                if not connection.spoke and now - connection.last_active > PREFACE_TIMEOUT_S:
+                    connection.expire(now)
+                elif not connection.spoke and now - connection.last_active > PREFACE_TIMEOUT_S:
                     connection.close()
                 elif now - connection.last_active > IDLE_TIMEOUT_S:
                     connection.goaway()  # closes it: nothing is in flight
@@ -253,6 +259,7 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.transport: Optional[asyncio.Transport] = None
         self.paused = False
+        self.paused_since = 0.0
         self.notice_pending = False
         self.session: Optional[h2.Session] = h2.Session(WANTED_HEADERS, MAX_HEADER_BYTES, SETTINGS)
         self.session.set_connection_window(CONNECTION_WINDOW)
@@ -301,6 +308,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:  # the client does not read: libnghttp2 keeps the frames meanwhile
         self.paused = True
+        self.paused_since = time.monotonic()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -331,6 +339,20 @@ class Connection(asyncio.Protocol):
         if self.session is not None:
             self.session.goaway(NO_ERROR)
             self.flush()
+
+    def expire(self, now: float) -> None:
+        """Resets calls whose request stopped arriving or whose reply is not being taken (a request
+        is otherwise held as long as its connection stays open), and cuts off a client that reads
+        nothing at all."""
+        if self.paused and now - self.paused_since > STALL_TIMEOUT_S:
+            self.transport.abort()
+            return
+        for stream_id, stream in list(self.streams.items()):
+            if now - stream.since > STALL_TIMEOUT_S and (stream.answered or stream.task is None):
+                if not stream.answered:
+                    self._release(stream)
+                self.session.reset(stream_id, CANCEL)
+        self.flush()
 
     def busy(self) -> bool:
         return self.session is not None and bool(self.streams)
@@ -364,6 +386,7 @@ class Connection(asyncio.Protocol):
     def _release(self, stream: Stream) -> None:
         """The request is answered: its bytes are no longer held."""
         stream.answered = True
+        stream.since = time.monotonic()
         self.buffered -= stream.size
         self.server.buffered -= stream.size
         stream.chunks = []

@@ -115,48 +115,86 @@ def test_oversized_headers_are_counted_but_not_kept():
     assert b":path" in fields and b"grpc-timeout" not in fields  # past the cap nothing more is held
 
 
+def test_replies_the_session_cannot_send_are_refused_when_given():
+    s = session()
+    s.recv(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, header_block(CALL)))
+    with pytest.raises(TypeError):  # checked now, not when libnghttp2 asks for the trailers mid-send
+        s.respond(1, OK_HEADERS, b"x", ((b"grpc-status", "0"),))
+    with pytest.raises(TypeError):
+        s.respond(1, list(OK_HEADERS), b"x", OK_TRAILERS)
+    assert s.respond(1, OK_HEADERS, b"x", OK_TRAILERS) == 0
+    with pytest.raises(ValueError, match="already has a reply"):
+        s.respond(1, OK_HEADERS, b"y", OK_TRAILERS)
+    s.send()
+    assert s.take() == [(h2.CLOSED, 1, 0)]
+    body = b"z" * 100
+    refs = sys.getrefcount(body)
+    assert s.respond(1, OK_HEADERS, body, OK_TRAILERS) == -510  # closed: STREAM_CLOSED, nothing kept
+    assert sys.getrefcount(body) == refs
+    assert h2.Session.__new__(h2.Session).take() is None  # never initialised: no crash
+
+
 def test_bytes_that_are_not_http2_raise():
     s = session()
     with pytest.raises(h2.Error, match="(?i)bad client magic"):
         s.recv(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 
 
-HANG_UP = """
+CALLS_THAT_STOP = """
 import asyncio
-from tests.test_h2_session import CALL, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, header_block
+from tests.test_h2_session import CALL, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, frames, header_block
 from predictor import grpc_native
+
+grpc_native.STALL_TIMEOUT_S, grpc_native.SWEEP_S = 0.5, 0.1  # 60 s and 5 s in service
+PARTIAL = (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, header_block(CALL))
+           + frame(DATA, 0, 1, b"\\x00\\x00\\x00\\x10\\x00" + b"x" * 995))  # 1,000 of 4,101 bytes
+
+
+async def until(condition, seconds=5.0):
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
 
 async def scenario():
     sock = grpc_native.bind(0)
     server = grpc_native.NativeGRPCServer(sock.getsockname()[1], sock=sock)
     serving = asyncio.create_task(server.start())
-    while server._server is None:
-        await asyncio.sleep(0.01)
+    await until(lambda: server._server is not None)
+
+    # a client that hangs up mid-request
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, header_block(CALL))
-                 + frame(DATA, 0, 1, b"\\x00\\x00\\x00\\x10\\x00" + b"x" * 995))  # 1,000 of 4,101 bytes
-    await writer.drain()
-    for _ in range(500):
-        if server.buffered == 1000:
-            break
-        await asyncio.sleep(0.01)
+    writer.write(PARTIAL)
+    await until(lambda: server.buffered == 1000)
     held = server.buffered
     writer.close()
-    for _ in range(500):
-        if not server.connections:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not server.connections)
+    print("hang-up", held, server.buffered)
+
+    # a client that stays but sends no more of its request: the call is reset, its bytes released
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(PARTIAL)
+    await until(lambda: server.buffered == 1000)
+    received = b""
+    while not any(kind == 3 for kind, _, _, _ in frames(received)):  # RST_STREAM
+        received += await asyncio.wait_for(reader.read(65536), 5)
+    code = next(p for kind, _, _, p in frames(received) if kind == 3)
+    print("stalled", server.buffered, int.from_bytes(code, "big"), len(server.connections))
+    writer.close()
     await server.stop()
     await serving
-    print(held, server.buffered)
 
 asyncio.run(scenario())
 """
 
 
-def test_a_client_that_hangs_up_mid_call_gives_back_its_bytes():
-    """Bytes held for a call whose client leaves before its request ends count against the per-process
-    cap until released; kept, they would one day refuse every call."""
-    run = subprocess.run([sys.executable, "-c", HANG_UP], cwd=REPO, capture_output=True, text=True, timeout=60)
+def test_calls_that_stop_midway_give_back_their_bytes():
+    """Bytes held for a request that never ends count against the per-process cap; kept, they would
+    one day refuse every call. Given back when the client hangs up, and when it stays but stalls (the
+    call is reset with CANCEL; the connection stays)."""
+    run = subprocess.run([sys.executable, "-c", CALLS_THAT_STOP], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["1000", "0"]
+    assert run.stdout.splitlines() == ["hang-up 1000 0", "stalled 0 8 1"]
