@@ -174,7 +174,9 @@ class NativeGRPCServer:
             await asyncio.sleep(SWEEP_S)
             now = time.monotonic()
             for connection in list(self.connections):
-                if connection.streams:
+                if connection.paused and now - connection.paused_since > STALL_TIMEOUT_S:
+                    connection.transport.abort()  # takes nothing of what was written: it is dropped
+                elif connection.streams:
                     connection.expire(now)
                 elif not connection.spoke and now - connection.last_active > PREFACE_TIMEOUT_S:
                     connection.close()
@@ -341,12 +343,8 @@ class Connection(asyncio.Protocol):
             self.flush()
 
     def expire(self, now: float) -> None:
-        """Resets calls whose request stopped arriving or whose reply is not being taken (a request
-        is otherwise held as long as its connection stays open), and cuts off a client that reads
-        nothing at all."""
-        if self.paused and now - self.paused_since > STALL_TIMEOUT_S:
-            self.transport.abort()
-            return
+        """Resets calls whose request stopped arriving or whose reply is not being taken: their bytes
+        are otherwise held as long as the connection stays open."""
         for stream_id, stream in list(self.streams.items()):
             if now - stream.since > STALL_TIMEOUT_S and (stream.answered or stream.task is None):
                 if not stream.answered:

@@ -141,8 +141,9 @@ def test_bytes_that_are_not_http2_raise():
 
 
 CALLS_THAT_STOP = """
-import asyncio
-from tests.test_h2_session import CALL, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, frames, header_block
+import asyncio, struct
+from tests.test_h2_session import (CALL, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, frames,
+                                   header_block)
 from predictor import grpc_native
 
 grpc_native.STALL_TIMEOUT_S, grpc_native.SWEEP_S = 0.5, 0.1  # 60 s and 5 s in service
@@ -183,6 +184,27 @@ async def scenario():
     code = next(p for kind, _, _, p in frames(received) if kind == 3)
     print("stalled", server.buffered, int.from_bytes(code, "big"), len(server.connections))
     writer.close()
+    await until(lambda: not server.connections)
+
+    # a client that takes no reply: past its HTTP/2 window the call is reset; past the socket's buffer
+    # (windows opened wide) the connection is cut off
+    async def big_reply(stream):
+        return grpc_native.Reply(0, "", grpc_native.grpc_bridged.framed(b"r" * (64 << 20)))
+    server.call = big_reply
+    for wide in (False, True):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        settings = struct.pack(">HI", 4, 0x7FFFFFFF) if wide else b""
+        window = frame(8, 0, 0, struct.pack(">I", 0x7FFFFFFF - 65535)) if wide else b""
+        writer.write(PREFACE + frame(SETTINGS, 0, 0, settings) + window
+                     + frame(HEADERS, END_HEADERS, 1, header_block(CALL)) + frame(DATA, END_STREAM, 1, b"\\0" * 5))
+        if not wide:
+            received = b""
+            while not any(kind == 3 for kind, _, _, _ in frames(received)):  # RST_STREAM
+                received += await asyncio.wait_for(reader.read(1 << 20), 5)
+            print("unread", sum(len(p) for kind, _, _, p in frames(received) if kind == DATA))
+            writer.close()
+        else:
+            print("unread, wide", await until(lambda: not server.connections))
     await server.stop()
     await serving
 
@@ -193,8 +215,9 @@ asyncio.run(scenario())
 def test_calls_that_stop_midway_give_back_their_bytes():
     """Bytes held for a request that never ends count against the per-process cap; kept, they would
     one day refuse every call. Given back when the client hangs up, and when it stays but stalls (the
-    call is reset with CANCEL; the connection stays)."""
+    call is reset with CANCEL; the connection stays). A reply nobody takes is dropped the same way, and
+    a client that reads nothing at all is cut off."""
     run = subprocess.run([sys.executable, "-c", CALLS_THAT_STOP], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["hang-up 1000 0", "stalled 0 8 1"]
+    assert run.stdout.splitlines() == ["hang-up 1000 0", "stalled 0 8 1", "unread 65535", "unread, wide True"]
