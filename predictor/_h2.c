@@ -111,6 +111,10 @@ typedef struct {
 
 static PyObject *Error; /* a fatal session error: the connection has to close */
 
+static PyObject *session_error(int code) {
+    return PyErr_Format(Error, "libnghttp2: %s", nghttp2_strerror(code));
+}
+
 static int append_event(Session *self, PyObject *event) {
     if (event == NULL)
         return ERR_CALLBACK_FAILURE;
@@ -300,7 +304,7 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwargs) {
     int rv = nghttp2_session_server_new(&self->session, callbacks, self);
     nghttp2_session_callbacks_del(callbacks);
     if (rv != 0 || (rv = nghttp2_submit_settings(self->session, 0, entries, (size_t)n)) != 0) {
-        PyErr_Format(Error, "libnghttp2: %s", nghttp2_strerror(rv));
+        session_error(rv);
         return -1;
     }
     return 0;
@@ -362,7 +366,7 @@ static PyObject *Session_recv(Session *self, PyObject *arg) {
     PyBuffer_Release(&data);
     if (rv < 0) {
         if (!PyErr_Occurred())
-            PyErr_Format(Error, "libnghttp2: %s", nghttp2_strerror((int)rv));
+            session_error((int)rv);
         return NULL;
     }
     return take_events(self);
@@ -380,7 +384,7 @@ static PyObject *Session_send(Session *self, PyObject *unused) {
     const uint8_t *data;
     ssize_t size = nghttp2_session_mem_send(self->session, &data);
     if (size < 0)
-        return PyErr_Format(Error, "libnghttp2: %s", nghttp2_strerror((int)size));
+        return session_error((int)size);
     if (size == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
     /* usually one piece (a reply's frames); more when a large body goes out frame by frame */
@@ -392,7 +396,7 @@ static PyObject *Session_send(Session *self, PyObject *unused) {
     }
     if (out != NULL && size < 0) {
         Py_DECREF(out);
-        return PyErr_Format(Error, "libnghttp2: %s", nghttp2_strerror((int)size));
+        return session_error((int)size);
     }
     return out;
 }

@@ -112,10 +112,10 @@ def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable
 class Stream:
     __slots__ = ("headers", "header_bytes", "chunks", "size", "task", "answered", "since")
 
-    def __init__(self):
+    def __init__(self, headers: dict[bytes, bytes], header_bytes: int):
         self.since = time.monotonic()  # opened; then answered
-        self.headers: dict[bytes, bytes] = {}
-        self.header_bytes = 0
+        self.headers = headers  # the wanted fields only (_h2.c)
+        self.header_bytes = header_bytes
         self.chunks: list[bytes] = []
         self.size = 0
         self.task: Optional[asyncio.Task] = None
@@ -412,11 +412,10 @@ class Connection(asyncio.Protocol):
             elif kind == h2.HEADERS:
                 stream = self.streams.get(stream_id)
                 if stream is None:
-                    stream = self.streams[stream_id] = Stream()
-                    stream.headers = event[2]
+                    stream = self.streams[stream_id] = Stream(event[2], event[3])
                 else:  # trailers
                     stream.headers.update(event[2])
-                stream.header_bytes += event[3]
+                    stream.header_bytes += event[3]
                 self._on_frame(stream_id, stream, headers=True, end=event[4])
             elif kind == h2.END:
                 stream = self.streams.get(stream_id)
