@@ -72,8 +72,8 @@ def serve_native(port: int) -> None:
     from predictor.grpc_bridged import Reply, framed
 
     class FixedReply(grpc_native.NativeGRPCServer):
-        async def call(self, stream: grpc_native.Stream) -> Reply:  # the front's own work only
-            return Reply(0, "", framed(REPLY))
+        def call(self, connection: grpc_native.Connection, stream_id: int, stream: grpc_native.Stream) -> None:
+            connection.reply(stream_id, Reply(0, "", framed(REPLY)))  # the front's own work only
 
     uvloop.run(FixedReply(port).start())
 

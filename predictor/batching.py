@@ -7,25 +7,44 @@ starts at once (no added latency); `max_delay` optionally holds a batch open a l
 Small batches of requests that allow it (`inline`) are predicted on the event loop itself: handing
 a sub-millisecond predict to the forecast thread and back costs more than the predict (single-series
 REST at concurrency 1: 610 -> 1,110 requests/s here; at 16: 1,490 -> 1,860, since requests that
-arrive meanwhile still wait in the socket and form the next batch). gRPC requests do not allow it:
+arrive meanwhile still wait in the socket and form the next batch). grpcio's requests do not allow it:
 grpc.aio accepts calls one at a time through the event loop, so a busy loop stops them from
 gathering and batches shrink to one (c=16: 900 -> 670 requests/s).
+
+The batcher is driven by loop callbacks, not a task: a batch is taken by a callback scheduled when the
+first request of it arrives (after every request already on its way through the loop), and each
+request's `done` is called as soon as its rows are predicted, so a front that can write its reply from
+there (the native gRPC front) does so before anything else runs.
 """
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, NamedTuple, Optional
+import contextlib
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+logger = logging.getLogger("perf_predictor")
+
 Predict = Callable[[np.ndarray], np.ndarray]
+# called on the event loop with the request's forecasts [q, n, h], or with the exception that failed its batch
+Done = Callable[[Optional[np.ndarray], Optional[BaseException]], None]
 
 
-class Pending(NamedTuple):
-    windows: np.ndarray
-    future: asyncio.Future
-    inline: bool  # may be predicted on the event loop
+class Pending:
+    __slots__ = ("windows", "inline", "done", "cancelled")
+
+    def __init__(self, windows: np.ndarray, inline: bool, done: Done):
+        self.windows = windows
+        self.inline = inline  # may be predicted on the event loop
+        self.done = done
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Not predicted if its batch has not been taken yet, and `done` is not called."""
+        self.cancelled = True
 
 
 class MicroBatcher:
@@ -37,60 +56,107 @@ class MicroBatcher:
         self.max_delay_s = max_delay_s
         self.max_series = max_series
         self._pending: list[Pending] = []
-        self._wakeup: Optional[asyncio.Event] = None
-        self._worker: Optional[asyncio.Task] = None
-        # One thread runs every predict: the event loop stays free, and requests never compete for
-        # the cores with each other's OpenMP teams.
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._scheduled = False  # a callback will take the next batch
+        self._running = False  # a batch is being predicted on the forecast thread
+        # One thread runs every predict that is not inline: the event loop stays free, and requests
+        # never compete for the cores with each other's OpenMP teams.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
 
-    async def forecast(self, windows: np.ndarray, inline: bool = False) -> np.ndarray:
-        """windows [n, W] -> the predict function's output for them, [q, n, h]. `inline`: this request
-        may be predicted on the event loop when its batch is small."""
+    def submit(self, windows: np.ndarray, inline: bool, done: Done) -> Pending:
+        """Queues windows [n, W]; `done` gets the predict function's output for them, [q, n, h]. Call
+        from the event loop. `inline`: may be predicted on the event loop when its batch is small."""
         loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
-            self._wakeup = asyncio.Event()
-            self._worker = loop.create_task(self._run())
-        future = loop.create_future()
-        self._pending.append(Pending(windows, future, inline))
-        self._wakeup.set()
-        return await future
+        if loop is not self._loop:  # first use, or a new loop (worker process, tests): nothing carries over
+            self._loop, self._scheduled, self._running, self._pending = loop, False, False, []
+        item = Pending(windows, inline, done)
+        self._pending.append(item)
+        self._schedule()
+        return item
 
-    def _take_batch(self) -> list[Pending]:
+    async def forecast(self, windows: np.ndarray, inline: bool = False) -> np.ndarray:
+        """`submit` for a coroutine: the forecasts, or what failed the batch raised."""
+        return await until_done(lambda done: self.submit(windows, inline, done))
+
+    def _schedule(self) -> None:
+        if self._scheduled or self._running or not self._pending:
+            return
+        self._scheduled = True
+        if self.max_delay_s > 0 and sum(len(p.windows) for p in self._pending) < self.max_series:
+            self._loop.call_later(self.max_delay_s, self._take)
+        else:
+            self._loop.call_soon(self._take)
+
+    def _batch(self) -> list[Pending]:
         batch, rows = [], 0
         while self._pending and (not batch or rows + len(self._pending[0].windows) <= self.max_series):
             item = self._pending.pop(0)
-            if item.future.cancelled():
-                continue
-            batch.append(item)
-            rows += len(item.windows)
+            if not item.cancelled:
+                batch.append(item)
+                rows += len(item.windows)
         return batch
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                if self.max_delay_s > 0 and sum(len(p.windows) for p in self._pending) < self.max_series:
-                    await asyncio.sleep(self.max_delay_s)
-                batch = self._take_batch()
-                if not batch:
-                    continue
-                windows = batch[0].windows if len(batch) == 1 else np.concatenate([p.windows for p in batch])
-                self.on_batch(len(windows))
-                inline = len(windows) <= self.inline_max_series and all(p.inline for p in batch)
+    def _take(self) -> None:
+        self._scheduled = False
+        batch = self._batch()
+        if not batch:
+            return
+        windows = batch[0].windows if len(batch) == 1 else np.concatenate([p.windows for p in batch])
+        self.on_batch(len(windows))
+        if len(windows) <= self.inline_max_series and all(p.inline for p in batch):
+            try:
+                result = self.predict(windows)
+            except Exception as exc:  # surfaced to every request of the batch
+                self._deliver(batch, None, exc)
+            else:
+                self._deliver(batch, result, None)
+            self._schedule()
+        else:
+            self._running = True
+            loop = self._loop
+            job = self._executor.submit(self.predict, windows)
+            job.add_done_callback(lambda job: self._back_on_loop(loop, batch, job))
+
+    def _back_on_loop(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], job: Future) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile, and its requests with it
+            loop.call_soon_threadsafe(self._finished, loop, batch, job)
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], job: Future) -> None:
+        if loop is not self._loop:
+            return
+        self._running = False
+        exc = job.exception()
+        self._deliver(batch, None if exc else job.result(), exc)
+        self._schedule()
+
+    @staticmethod
+    def _deliver(batch: list[Pending], result: Optional[np.ndarray], exc: Optional[BaseException]) -> None:
+        start = 0
+        for p in batch:
+            if not p.cancelled:
                 try:
-                    if inline:
-                        result = self.predict(windows)
-                    else:
-                        result = await loop.run_in_executor(self._executor, self.predict, windows)
-                except Exception as exc:  # surfaced to every request of the batch
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                    continue
-                start = 0
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_result(result[:, start : start + len(p.windows)])
-                    start += len(p.windows)
+                    p.done(None if result is None else result[:, start : start + len(p.windows)], exc)
+                except Exception:  # one request's reply failing must not lose the others'
+                    logger.exception("delivering a forecast failed")
+            start += len(p.windows)
+
+
+async def until_done(submit: Callable[[Done], Pending]) -> Any:
+    """Awaits a call made with a `done` callback: `submit(done)` makes it and returns its queue entry;
+    cancelling the caller drops the entry if its batch has not been taken yet."""
+    future = asyncio.get_running_loop().create_future()
+
+    def done(result: Any, exc: Optional[BaseException]) -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+    item = submit(done)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        item.cancel()
+        raise

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 import zlib
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 from urllib.parse import quote
 
 from google.protobuf.message import DecodeError
@@ -24,6 +24,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 
 from . import http
+from .batching import Pending
 from .grpc_front import INFER_PATH
 
 logger = logging.getLogger("perf_predictor")
@@ -155,31 +156,74 @@ def rejected(model: str, status: int, message: str, started: float) -> Reply:
     return Reply(status, message)
 
 
-async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Reply:
-    """The reply to one ModelInfer whose request body (one gRPC frame) is `body`."""
+class Call:
+    """One ModelInfer given to the model: its reply goes to `deliver` (once) as soon as it is ready, and
+    only then is the call counted."""
+
+    __slots__ = ("deliver", "request", "entry")
+
+    def __init__(self, model, deliver: Callable[[Reply], None]):
+        self.deliver = deliver
+        self.request = http.InFlight(model.name, "grpc", "v2_infer")
+        self.entry: Optional[Pending] = None  # in the model's micro-batch queue
+
+    def predicted(self, message: Optional[bytes], exc: Optional[BaseException]) -> None:
+        self.entry = None  # it held this call: a cycle the garbage collector would otherwise have to find
+        if exc is None and len(message) > (send_limit := max_message_bytes("send")):
+            # as grpcio's server refuses to send it; counted as a client error, reason too_large
+            self.deliver(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
+            self.request.done(413)
+        elif exc is None:
+            self.deliver(Reply(0, "", framed(message)))
+            self.request.done(200)
+        elif isinstance(exc, InvalidInput):
+            logger.info("rejected request: %s", exc)
+            self.deliver(Reply(INVALID_ARGUMENT, str(exc)))
+            self.request.done(400, getattr(exc, "code", None))
+        else:  # a bug of ours: the client still gets a status
+            logger.error("gRPC call failed", exc_info=exc)
+            self.deliver(Reply(INTERNAL, f"internal error: {type(exc).__name__}"))
+            self.request.done(500)
+
+    def cancel(self) -> None:
+        """The client reset the call, or its grpc-timeout passed: no reply, and no predict if not begun."""
+        if self.entry is not None:
+            self.entry.cancel()
+            self.entry = None
+        self.request.done(499, "cancelled")
+
+
+def start(body: bytes, encoding: Optional[bytes], started: float, deliver: Callable[[Reply], None]) -> Optional[Call]:
+    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `deliver` gets the reply, at
+    once for a call refused before the model sees it (then None is returned), else from the event loop
+    when the forecast is ready."""
     limit = max_message_bytes("receive")
     try:
         request = parse(body, encoding, limit)
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
-        return rejected("unknown", exc.status, str(exc), started)
+        return deliver(rejected("unknown", exc.status, str(exc), started))
     model = http.SERVED.get(request.model_name)
     if model is None:  # status and message as KServe's gRPC server gives them
-        return rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started)
+        return deliver(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
     if not model.ready:
-        return rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started)
-    with http.tracked(model.name, "grpc", "v2_infer") as state:
-        try:
-            message = await model.infer_grpc(request, inline=True)
-        except asyncio.CancelledError:  # the client reset the call, or its grpc-timeout passed
-            state.update(status=499, reason="cancelled")
-            raise
-        except InvalidInput as exc:
-            state.update(status=400, reason=getattr(exc, "code", None))
-            logger.info("rejected request: %s", exc)
-            return Reply(INVALID_ARGUMENT, str(exc))
-        if len(message) > (send_limit := max_message_bytes("send")):  # as grpcio's server refuses to send it
-            state["status"] = 413  # counted as a client error, reason too_large
-            return Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})")
-        state["status"] = 200
-        return Reply(0, "", framed(message))
+        return deliver(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
+    call = Call(model, deliver)
+    try:
+        call.entry = model.submit_grpc(request, True, call.predicted)
+    except Exception as exc:  # the request's tensors are refused (InvalidInput), or a bug of ours
+        call.predicted(None, exc)
+        return None
+    return call
+
+
+async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Reply:
+    """`start` for a coroutine (the Envoy front's bridged calls)."""
+    replied = asyncio.get_running_loop().create_future()
+    call = start(body, encoding, started, replied.set_result)
+    try:
+        return await replied
+    except asyncio.CancelledError:
+        if call is not None and not replied.done():
+            call.cancel()
+        raise

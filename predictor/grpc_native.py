@@ -5,7 +5,8 @@ of REST JSON's rate, and its own ceiling with no model was 1,326 calls/s against
 on uvloop (README, Performance). Here a call goes from the socket to the model with no hop.
 
 `NativeGRPCServer` stands where KServe's GRPCServer would (same start/stop), in the single process and
-in each worker process. ModelInfer is answered by grpc_bridged.answer; the v2 protocol's other RPCs by
+in each worker process. ModelInfer goes to the model by grpc_bridged.start, with no task: its reply is
+written from the callback that delivers its forecast. The v2 protocol's other RPCs are answered by
 KServe's own servicer, with the statuses KServe's interceptor gives its errors. Limits: the message
 size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096
 connections, caps on unanswered request bytes per connection and per process, and timeouts for
@@ -19,7 +20,8 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Optional
+from functools import partial
+from typing import Awaitable, Callable, Optional
 
 from google.protobuf.message import DecodeError
 from kserve import errors
@@ -110,7 +112,7 @@ def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable
 
 
 class Stream:
-    __slots__ = ("headers", "header_bytes", "chunks", "size", "task", "answered", "since")
+    __slots__ = ("headers", "header_bytes", "chunks", "size", "begun", "call", "task", "deadline", "answered", "since")
 
     def __init__(self, headers: dict[bytes, bytes], header_bytes: int):
         self.since = time.monotonic()  # opened; then answered
@@ -118,8 +120,18 @@ class Stream:
         self.header_bytes = header_bytes
         self.chunks: list[bytes] = []
         self.size = 0
+        self.begun = False  # the request ended and was handed on: to the model (call) or KServe (task)
+        self.call: Optional[grpc_bridged.Call] = None
         self.task: Optional[asyncio.Task] = None
+        self.deadline: Optional[asyncio.TimerHandle] = None  # a ModelInfer's grpc-timeout
         self.answered = False  # a reply was submitted (a too-large body is answered before it ends)
+
+    def abandon(self) -> None:
+        """The client reset the call or went away: no point finishing its work."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.call is not None and not self.answered:
+            self.call.cancel()
 
 
 class NativeGRPCServer:
@@ -212,27 +224,26 @@ class NativeGRPCServer:
             connection.close()
         self._stopped.set_result(None)
 
-    async def call(self, stream: Stream) -> Reply:
-        """The reply to one finished request stream; never raises."""
+    def call(self, connection: Connection, stream_id: int, stream: Stream) -> None:
+        """Answers one finished request stream, now or later; never raises. ModelInfer goes to the model
+        without a task (grpc_bridged.start), so its reply is written the moment its forecast is ready."""
         started = time.perf_counter()
         try:
             timeout = timeout_of(stream.headers.get(b"grpc-timeout"))
             path, encoding = stream.headers.get(b":path"), stream.headers.get(b"grpc-encoding")
-            body = b"".join(stream.chunks)
             if path == INFER:
-                work = grpc_bridged.answer(body, encoding, started)
+                stream.call = grpc_bridged.start(b"".join(stream.chunks), encoding, started,
+                                                 partial(connection.reply, stream_id))
+                if stream.call is not None and timeout is not None:
+                    stream.deadline = self.loop.call_later(timeout, connection.expire_call, stream_id)
             elif path in self.rpcs:
-                work = self._kserve(*self.rpcs[path], body, encoding)
+                work = self._kserve(*self.rpcs[path], b"".join(stream.chunks), encoding)
+                stream.task = self.loop.create_task(
+                    connection.reply_when(stream_id, work if timeout is None else asyncio.wait_for(work, timeout)))
             else:
-                return Reply(UNIMPLEMENTED, f"Method not found: {path.decode('latin-1')}")
-            return await (work if timeout is None else asyncio.wait_for(work, timeout))
+                connection.reply(stream_id, Reply(UNIMPLEMENTED, f"Method not found: {path.decode('latin-1')}"))
         except CallError as exc:
-            return Reply(exc.status, str(exc))
-        except asyncio.TimeoutError:
-            return Reply(DEADLINE_EXCEEDED, "Deadline Exceeded")
-        except Exception as exc:  # a bug of ours: the client still gets a status, the server stays up
-            logger.exception("gRPC call failed")
-            return Reply(INTERNAL, f"internal error: {type(exc).__name__}")
+            connection.reply(stream_id, Reply(exc.status, str(exc)))
 
     @staticmethod
     async def _kserve(request_class: type, handler: Callable, body: bytes, encoding: Optional[bytes]) -> Reply:
@@ -263,6 +274,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.paused_since = 0.0
         self.notice_pending = False
+        self.reading = False  # replies given meanwhile go out together when the read is handled
         self.session: Optional[h2.Session] = h2.Session(WANTED_HEADERS, MAX_HEADER_BYTES, SETTINGS)
         self.session.set_connection_window(CONNECTION_WINDOW)
 
@@ -290,8 +302,12 @@ class Connection(asyncio.Protocol):
             self.flush()  # the GOAWAY libnghttp2 may have queued
             self.close()
             return
-        self._handle(events)
-        if self.session.want_write():  # acks, window updates, early refusals; replies come later
+        self.reading = True
+        try:
+            self._handle(events)
+        finally:
+            self.reading = False
+        if self.session is not None and self.session.want_write():  # acks, window updates, refusals
             self.flush()
         elif not self.session.want_read():  # the client said GOAWAY; nothing in flight
             self.close()
@@ -299,10 +315,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.server.connections.discard(self)
         for stream in self.streams.values():
+            stream.abandon()
             if not stream.answered:
                 self._release(stream)
-            if stream.task is not None:
-                stream.task.cancel()
         self.streams.clear()
         if self.session is not None:
             self.session.close()
@@ -346,7 +361,7 @@ class Connection(asyncio.Protocol):
         """Resets calls whose request stopped arriving or whose reply is not being taken: their bytes
         are otherwise held as long as the connection stays open."""
         for stream_id, stream in list(self.streams.items()):
-            if now - stream.since > STALL_TIMEOUT_S and (stream.answered or stream.task is None):
+            if now - stream.since > STALL_TIMEOUT_S and (stream.answered or not stream.begun):
                 if not stream.answered:
                     self._release(stream)
                 self.session.reset(stream_id, CANCEL)
@@ -385,6 +400,8 @@ class Connection(asyncio.Protocol):
         """The request is answered: its bytes are no longer held."""
         stream.answered = True
         stream.since = time.monotonic()
+        if stream.deadline is not None:
+            stream.deadline.cancel()
         self.buffered -= stream.size
         self.server.buffered -= stream.size
         stream.chunks = []
@@ -398,10 +415,28 @@ class Connection(asyncio.Protocol):
         self._release(self.streams[stream_id])
         self._check_submitted(stream_id, self.session.respond(stream_id, ((b":status", status),)))
 
-    async def _run(self, stream_id: int, stream: Stream) -> None:
-        reply = await self.server.call(stream)
+    def reply(self, stream_id: int, reply: Reply) -> None:
         self.answer(stream_id, reply)
-        self.flush()
+        if not self.reading:
+            self.flush()
+
+    async def reply_when(self, stream_id: int, work: Awaitable[Reply]) -> None:
+        """The reply to a call KServe's servicer answers; never raises."""
+        try:
+            reply = await work
+        except asyncio.TimeoutError:
+            reply = Reply(DEADLINE_EXCEEDED, "Deadline Exceeded")
+        except Exception as exc:  # a bug of ours: the client still gets a status, the server stays up
+            logger.exception("gRPC call failed")
+            reply = Reply(INTERNAL, f"internal error: {type(exc).__name__}")
+        self.reply(stream_id, reply)
+
+    def expire_call(self, stream_id: int) -> None:
+        """A ModelInfer's grpc-timeout passed before its forecast was ready."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.call is not None and not stream.answered:
+            stream.call.cancel()
+            self.reply(stream_id, Reply(DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
     # --- libnghttp2's events (predictor/_h2.c), in the order it reported them
     def _handle(self, events: list[tuple]) -> None:
@@ -446,7 +481,7 @@ class Connection(asyncio.Protocol):
             stream.chunks.append(data)
 
     def _on_frame(self, stream_id: int, stream: Stream, headers: bool, end: bool) -> None:
-        if stream.answered or stream.task is not None:
+        if stream.answered or stream.begun:
             return
         if headers and stream.header_bytes > MAX_HEADER_BYTES:
             self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
@@ -457,15 +492,15 @@ class Connection(asyncio.Protocol):
         elif not is_grpc(stream.headers.get(b"content-type", b"")):
             self._http_error(stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
         else:
-            stream.task = self.server.loop.create_task(self._run(stream_id, stream))
+            stream.begun = True
+            self.server.call(self, stream_id, stream)
 
     def _on_close(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
+            stream.abandon()
             if not stream.answered:
                 self._release(stream)
-            if stream.task is not None and not stream.task.done():
-                stream.task.cancel()  # the client gave up (RST_STREAM): no point finishing its forecast
 
 
 def is_grpc(content_type: bytes) -> bool:

@@ -81,19 +81,35 @@ class MetricsMiddleware:
                 request_state.reset(token)
 
 
+class InFlight:
+    """One inference request from receipt to reply: in flight until `done`, then counted and timed
+    with its status and 4xx reason (once, whoever calls `done` first)."""
+
+    __slots__ = ("model", "protocol", "endpoint", "started", "gauge")
+
+    def __init__(self, model: str, protocol: str, endpoint: str):
+        self.model, self.protocol, self.endpoint = model, protocol, endpoint
+        self.gauge = metrics.IN_FLIGHT.labels(model, protocol)
+        self.gauge.inc()
+        self.started = time.perf_counter()
+
+    def done(self, status: int, reason: Optional[str] = None) -> None:
+        if self.gauge is not None:
+            self.gauge.dec()
+            self.gauge = None
+            record(self.model, self.protocol, self.endpoint, status, reason, time.perf_counter() - self.started)
+
+
 @contextmanager
 def tracked(model: str, protocol: str, endpoint: str) -> Iterator[dict]:
     """In flight while inside; then counted and timed with the status (500 unless the caller sets
     another) and the 4xx reason the caller leaves in the yielded dict."""
     state = {"status": 500, "reason": None}
-    in_flight = metrics.IN_FLIGHT.labels(model, protocol)
-    in_flight.inc()
-    started = time.perf_counter()
+    request = InFlight(model, protocol, endpoint)
     try:
         yield state
     finally:
-        in_flight.dec()
-        record(model, protocol, endpoint, state["status"], state["reason"], time.perf_counter() - started)
+        request.done(state["status"], state["reason"])
 
 
 class BodyTooLarge(Exception):

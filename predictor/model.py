@@ -17,7 +17,7 @@ from forecaster import artifact
 from forecaster.model import QuantileForecaster
 
 from . import codec, http, metrics
-from .batching import MicroBatcher
+from .batching import Done, MicroBatcher, Pending, until_done
 
 logger = logging.getLogger("perf_predictor")
 
@@ -34,6 +34,7 @@ class PerfPredictor(Model):
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
         self._batcher: Optional[MicroBatcher] = None
+        self._predict_seconds = None  # KServe's predict-time histogram for this model
         self._register()
 
     def _register(self) -> None:
@@ -42,7 +43,7 @@ class PerfPredictor(Model):
 
     def __getstate__(self) -> dict:
         # --workers > 1 pickles the loaded model into each worker process; threads do not travel.
-        return {**self.__dict__, "_batcher": None}
+        return {**self.__dict__, "_batcher": None, "_predict_seconds": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -79,35 +80,62 @@ class PerfPredictor(Model):
         return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
                 for n in self.forecaster.spec.output_names]
 
-    async def forecast(self, history: np.ndarray, protocol: str, inline: bool) -> np.ndarray:
-        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. `inline`: a small batch
-        may be predicted on the event loop; true for requests that came through uvicorn (REST, and gRPC
-        from the Envoy front), false for grpcio's server, which hands calls to the loop one by one
-        (batching.py)."""
-        metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
-        metrics.SERIES.labels(self.name, protocol).inc(len(history))
-        if self._batcher is None:
+    def _batcher_here(self) -> MicroBatcher:
+        if self._batcher is None:  # one per process: threads and metric children do not travel
             self._batcher = MicroBatcher(partial(self.forecaster.predict, threads=self.predict_threads),
                                          self.max_batch_delay_ms / 1000,
                                          self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe,
                                          self.inline_max_series)
-        return await self._batcher.forecast(history, inline=inline)
+        return self._batcher
+
+    def _predict_timer(self):
+        if self._predict_seconds is None:
+            self._predict_seconds = PREDICT_HIST_TIME.labels(**get_labels(self.name))
+        return self._predict_seconds
+
+    def _count(self, history: np.ndarray, protocol: str) -> None:
+        metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
+        metrics.SERIES.labels(self.name, protocol).inc(len(history))
+
+    async def forecast(self, history: np.ndarray, protocol: str, inline: bool) -> np.ndarray:
+        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. `inline`: a small batch
+        may be predicted on the event loop; true for requests that came through uvicorn or the native
+        gRPC front, false for grpcio's server, which hands calls to the loop one by one (batching.py)."""
+        self._count(history, protocol)
+        return await self._batcher_here().forecast(history, inline=inline)
 
     async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
         """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""
         spec = self.forecaster.spec
         history, reply = codec.decode_v2_body(body, json_length, spec.window)
-        with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():
+        with self._predict_timer().time():
             forecasts = await self.forecast(history, "rest", inline=True)
         return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
 
-    async def infer_grpc(self, request: Any, inline: bool) -> bytes:
-        """gRPC ModelInfer, protobuf request to the serialized reply (grpc_bridged.py, grpc_fastpath.py)."""
+    def submit_grpc(self, request: Any, inline: bool, done: Done) -> Pending:
+        """gRPC ModelInfer, protobuf request to the serialized reply, without a coroutine: the request is
+        checked now (InvalidInput raised here), and `done` gets the reply bytes as soon as its rows are
+        predicted, before the predict time is recorded (grpc_bridged.py)."""
         spec = self.forecaster.spec
         history = codec.decode_grpc(request, spec.window)
-        with PREDICT_HIST_TIME.labels(**get_labels(self.name)).time():
-            forecasts = await self.forecast(history, "grpc", inline=inline)
-        return codec.encode_grpc(request, self.name, self.version, spec.output_names, forecasts)
+        self._count(history, "grpc")
+        batcher, timer, started = self._batcher_here(), self._predict_timer(), time.perf_counter()
+
+        def predicted(forecasts: Optional[np.ndarray], exc: Optional[BaseException]) -> None:
+            message = None
+            if exc is None:
+                try:
+                    message = codec.encode_grpc(request, self.name, self.version, spec.output_names, forecasts)
+                except Exception as encode_exc:  # an output the model does not have
+                    exc = encode_exc
+            done(message, exc)
+            timer.observe(time.perf_counter() - started)
+
+        return batcher.submit(history, inline, predicted)
+
+    async def infer_grpc(self, request: Any, inline: bool) -> bytes:
+        """`submit_grpc` for a coroutine (grpc_fastpath.py)."""
+        return await until_done(lambda done: self.submit_grpc(request, inline, done))
 
     async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
                        verb: InferenceVerb = InferenceVerb.PREDICT):

@@ -122,3 +122,46 @@ def test_small_batches_that_allow_it_run_on_the_event_loop_and_others_on_the_for
     assert where[0] == (4, loop_thread)
     assert where[1][0] == 5 and where[1][1].startswith("forecast")
     assert where[2][0] == 1 and where[2][1].startswith("forecast")
+
+
+def test_callbacks_get_their_rows_as_soon_as_predicted_and_cancelled_entries_are_skipped():
+    """The callback form the native gRPC front uses: no coroutine per request; a cancelled entry costs
+    no predict rows and hears nothing; a callback that fails does not lose the others' replies."""
+    model = SlowModel(0.0)
+    batcher = MicroBatcher(model, inline_max_series=64)
+    heard: list[tuple[str, object]] = []
+
+    def listener(name: str):
+        def done(result, exc):
+            heard.append((name, exc if exc is not None else result))
+            if name == "faulty":
+                raise RuntimeError("this reply could not be written")
+        return done
+
+    async def scenario():
+        batcher.submit(rows(0, 1), True, listener("faulty"))
+        dropped = batcher.submit(rows(10, 2), True, listener("dropped"))
+        batcher.submit(rows(20, 3), True, listener("kept"))
+        dropped.cancel()
+        assert heard == []  # nothing is predicted before the loop gets control back
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert model.batches == [4]  # 1 + 3 rows; the cancelled entry's 2 are not predicted
+    assert [name for name, _ in heard] == ["faulty", "kept"]
+    np.testing.assert_array_equal(heard[1][1][0], rows(20, 3)[:, :2])
+
+
+def test_a_batcher_moves_to_a_new_event_loop():
+    """A worker process or a test may run the same model on another loop; nothing is left waiting on the old one."""
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model)
+
+    async def leave_one_running():
+        asyncio.get_running_loop().create_task(batcher.forecast(rows(0, 1)))  # the loop closes under it
+        await asyncio.sleep(0)
+
+    asyncio.run(leave_one_running())
+    out = asyncio.run(asyncio.wait_for(batcher.forecast(rows(7, 1)), 5))
+    np.testing.assert_array_equal(out[0], rows(7, 1)[:, :2])

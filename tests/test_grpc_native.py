@@ -85,6 +85,33 @@ def test_encode_grpc_writes_the_bytes_protobuf_would():
     assert done.stdout.strip() == "same bytes", done.stderr
 
 
+REPLY_FIRST_CHECK = """
+from prometheus_client import REGISTRY
+from predictor import grpc_bridged
+
+class Model:
+    name = "m"
+
+def counted(status_class="2xx"):
+    labels = {"model": "m", "protocol": "grpc", "endpoint": "v2_infer", "status_class": status_class}
+    return REGISTRY.get_sample_value("perf_predictor_requests_total", labels) or 0.0
+
+seen = []
+call = grpc_bridged.Call(Model(), lambda reply: seen.append((reply.status, counted(), reply.body[5:])))
+call.predicted(b"forecast", None)
+call.cancel()  # a reset after the reply went out changes nothing
+assert seen == [(0, 0.0, b"forecast")] and counted() == 1.0 and counted("4xx") == 0.0, (seen, counted())
+print("reply first")
+"""
+
+
+def test_a_call_is_replied_to_before_it_is_counted():
+    """The reply leaves before any bookkeeping: the client's next call overlaps the server's counting
+    (what keeps single-series gRPC at c=1 level with REST, whose reply uvicorn writes before its own)."""
+    done = subprocess.run([sys.executable, "-c", REPLY_FIRST_CHECK], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "reply first" in done.stdout, done.stderr[-2000:]
+
+
 def test_the_default_front_is_native_and_answers_as_rest_does(server, window):
     assert "(libnghttp2)" in server.log()
     assert "envoy" not in subprocess.run(["ps", "-o", "comm=", "--ppid", str(server.process.pid)],

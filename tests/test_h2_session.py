@@ -188,8 +188,8 @@ async def scenario():
 
     # a client that takes no reply: past its HTTP/2 window the call is reset; past the socket's buffer
     # (windows opened wide) the connection is cut off
-    async def big_reply(stream):
-        return grpc_native.Reply(0, "", grpc_native.grpc_bridged.framed(b"r" * (64 << 20)))
+    def big_reply(connection, stream_id, stream):
+        connection.reply(stream_id, grpc_native.Reply(0, "", grpc_native.grpc_bridged.framed(b"r" * (64 << 20))))
     server.call = big_reply
     for wide in (False, True):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
