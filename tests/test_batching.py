@@ -5,7 +5,6 @@ import asyncio
 import time
 
 import numpy as np
-import pytest
 
 from predictor.batching import MicroBatcher
 

@@ -23,7 +23,6 @@ from tritonclient.utils import InferenceServerException
 from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
 from .test_metrics import scrape, value
 from .test_serving import card, histories, window  # noqa: F401 (fixtures)
-from .test_workers import wait_for_log
 
 
 def envoy_children(pid: int) -> list[int]:

@@ -144,7 +144,7 @@ def test_sync_targets_predictor_python_files_in_the_dev_image(config):
     dev_stage = dockerfile.split("AS dev", 1)[1].split("\nFROM ", 1)[0]
     dest = rule["dest"].rstrip("/")
     assert dest.startswith("/tmp/"), "only /tmp is writable under the chart's read-only root filesystem"
-    assert f"cd {dest}" in dev_stage and f"watchfiles" in dev_stage and f"{dest}/predictor" in dev_stage
+    assert f"cd {dest}" in dev_stage and "watchfiles" in dev_stage and f"{dest}/predictor" in dev_stage
 
 
 def helm_binary() -> str | None:
