@@ -141,9 +141,9 @@ class MicroBatcher:
             start += len(p.windows)
 
 
-async def until_done(submit: Callable[[Done], Pending]) -> Any:
-    """Awaits a call made with a `done` callback: `submit(done)` makes it and returns its queue entry;
-    cancelling the caller drops the entry if its batch has not been taken yet."""
+async def until_done(submit: Callable[[Done], Any]) -> Any:
+    """Awaits a call made with a `done` callback: `submit(done)` makes it and returns what cancels it
+    (its queue entry, say), or None if `done` was called at once; cancelling the caller cancels that."""
     future = asyncio.get_running_loop().create_future()
 
     def done(result: Any, exc: Optional[BaseException]) -> None:
@@ -158,5 +158,6 @@ async def until_done(submit: Callable[[Done], Pending]) -> Any:
     try:
         return await future
     except asyncio.CancelledError:
-        item.cancel()
+        if item is not None:
+            item.cancel()
         raise

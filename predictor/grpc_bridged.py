@@ -9,7 +9,6 @@ the codec's, as for KServe's gRPC server.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -24,7 +23,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 
 from . import http
-from .batching import Pending
+from .batching import Pending, until_done
 from .grpc_front import INFER_PATH
 
 logger = logging.getLogger("perf_predictor")
@@ -219,11 +218,4 @@ def start(body: bytes, encoding: Optional[bytes], started: float, deliver: Calla
 
 async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Reply:
     """`start` for a coroutine (the Envoy front's bridged calls)."""
-    replied = asyncio.get_running_loop().create_future()
-    call = start(body, encoding, started, replied.set_result)
-    try:
-        return await replied
-    except asyncio.CancelledError:
-        if call is not None and not replied.done():
-            call.cancel()
-        raise
+    return await until_done(lambda done: start(body, encoding, started, lambda reply: done(reply, None)))
