@@ -83,6 +83,44 @@ app.kubernetes.io/component: predictor
 {{- if and (eq .Values.workload "inferenceService") (eq .Values.deploymentMode "Knative") }}true{{- end }}
 {{- end }}
 
+{{/*
+The deployment-mode name the cluster's KServe understands. KServe 0.15 knows only RawDeployment and
+Serverless (pkg/constants/constants.go, v0.15.2) and falls back to its default mode for any other name;
+0.16 added Standard and Knative, and its webhook validates HPA/KEDA settings only under the literal
+name Standard (pkg/apis/serving/v1beta1/inference_service_validation.go, v0.16.0).
+*/}}
+{{- define "perf-predictor.kserveDeploymentMode" -}}
+{{- if semverCompare "<0.16.0-0" .Values.kserveVersion }}
+{{- ternary "Serverless" "RawDeployment" (eq .Values.deploymentMode "Knative") }}
+{{- else }}
+{{- .Values.deploymentMode }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" unless the pod spec goes to Knative and the Knative feature flag (first argument's name) is
+off: KServe passes the predictor pod spec to the Knative Service unchanged, and Knative's webhook
+drops every pod field whose flag is disabled (knative/serving pkg/apis/serving/fieldmask.go).
+Called as: include "perf-predictor.knativeAllows" (list . "kubernetes.podspec-securitycontext")
+*/}}
+{{- define "perf-predictor.knativeAllows" -}}
+{{- $root := index . 0 }}
+{{- if or (not (include "perf-predictor.isKnative" $root)) (has (index . 1) $root.Values.knative.enabledFeatures) }}true{{- end }}
+{{- end }}
+
+{{/*
+Container securityContext. When Knative refuses the pod-level one (flag
+kubernetes.podspec-securitycontext off), the user, group, non-root and seccomp settings of
+podSecurityContext move onto the container, whose securityContext Knative accepts.
+*/}}
+{{- define "perf-predictor.containerSecurityContext" -}}
+{{- $sc := deepCopy (default dict .Values.securityContext) }}
+{{- if not (include "perf-predictor.knativeAllows" (list . "kubernetes.podspec-securitycontext")) }}
+{{- $sc = merge $sc (pick (default dict .Values.podSecurityContext) "runAsUser" "runAsGroup" "runAsNonRoot" "seccompProfile") }}
+{{- end }}
+{{- with $sc }}{{ toYaml . }}{{ end }}
+{{- end }}
+
 {{/* Largest number of replicas the workload may run (decides the PodDisruptionBudget). */}}
 {{- define "perf-predictor.maxReplicas" -}}
 {{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
@@ -121,6 +159,20 @@ mistakes first (see values.schema.json).
 {{- end }}
 {{- if and .Values.model.storageUri (eq .Values.workload "deployment") }}
 {{- fail "model.storageUri needs KServe's storage initializer: use workload=inferenceService, or mount the model with extraVolumes/extraVolumeMounts at /mnt/models" }}
+{{- end }}
+{{- if include "perf-predictor.isKnative" . }}
+{{- /* pod fields Knative's webhook refuses unless their flag is on (knative/serving pkg/apis/serving/fieldmask.go PodSpecMask, pkg/apis/config/features.go) */}}
+{{- $flags := dict "nodeSelector" "kubernetes.podspec-nodeselector" "tolerations" "kubernetes.podspec-tolerations" "affinity" "kubernetes.podspec-affinity" "topologySpreadConstraints" "kubernetes.podspec-topologyspreadconstraints" "priorityClassName" "kubernetes.podspec-priorityclassname" }}
+{{- range $field, $flag := $flags }}
+{{- if and (get $.Values $field) (not (include "perf-predictor.knativeAllows" (list $ $flag))) }}
+{{- fail (printf "%s is set but deploymentMode=Knative: Knative's webhook refuses it unless its feature flag %s is enabled in config-features; enable the flag and add it to knative.enabledFeatures, or unset %s" $field $flag $field) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraVolumes }}
+{{- if not (or .emptyDir .secret .configMap .projected (and .persistentVolumeClaim (has "kubernetes.podspec-persistent-volume-claim" $.Values.knative.enabledFeatures))) }}
+{{- fail (printf "extraVolumes[%s]: Knative accepts only emptyDir, secret, configMap and projected volumes (persistentVolumeClaim with the flag kubernetes.podspec-persistent-volume-claim in knative.enabledFeatures)" .name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -180,9 +232,9 @@ and by the plain Deployment so both run the same container.
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.securityContext }}
+  {{- with include "perf-predictor.containerSecurityContext" . }}
   securityContext:
-    {{- toYaml . | nindent 4 }}
+    {{- . | nindent 4 }}
   {{- end }}
   volumeMounts:
     - name: tmp
@@ -196,9 +248,11 @@ and by the plain Deployment so both run the same container.
 {{- define "perf-predictor.podSpecFields" -}}
 serviceAccountName: {{ include "perf-predictor.serviceAccountName" . }}
 automountServiceAccountToken: false
+{{- if include "perf-predictor.knativeAllows" (list . "kubernetes.podspec-securitycontext") }}
 {{- with .Values.podSecurityContext }}
 securityContext:
   {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -207,7 +261,10 @@ imagePullSecrets:
 {{- with .Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
+{{- if not (include "perf-predictor.isKnative" .) }}
+{{- /* Knative never accepts it (fieldmask.go) and sets the revision's timeout in its place */}}
 terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- end }}
 {{- with .Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
