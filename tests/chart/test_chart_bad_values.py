@@ -58,6 +58,19 @@ BAD = {
     "storage-uri-without-kserve": (["--set", "workload=deployment", "--set", "model.storageUri=s3://b/m"],
                                    r"model.storageUri needs KServe's storage initializer"),
     "storage-uri-bad-scheme": (["--set", "model.storageUri=ftp://host/model"], r"(?i)model.storageUri"),
+    # KServe older than 0.15 is not supported (the deployment-mode names and autoscaling fields differ)
+    "kserve-014": (["--set", "kserveVersion=0.14"], r"(?i)kserveVersion"),
+    # pod fields Knative's webhook refuses with its default feature flags
+    "knative-node-selector": (["--set", "deploymentMode=Knative", "--set", "autoscaling.class=kpa",
+                               "--set", "autoscaling.metric=rps", "--set", "nodeSelector.disk=ssd"],
+                              r"nodeSelector is set but deploymentMode=Knative: .*kubernetes.podspec-nodeselector"),
+    "knative-priority-class": (["--set", "deploymentMode=Knative", "--set", "autoscaling.class=kpa",
+                                "--set", "autoscaling.metric=rps", "--set", "priorityClassName=high"],
+                               r"priorityClassName is set but deploymentMode=Knative"),
+    "knative-nfs-volume": (["--set", "deploymentMode=Knative", "--set", "autoscaling.class=kpa",
+                                 "--set", "autoscaling.metric=rps",
+                                 "--set-json", 'extraVolumes=[{"name":"data","nfs":{"server":"s","path":"/"}}]'],
+                                r"extraVolumes\[data\]: Knative accepts only emptyDir"),
 }
 
 

@@ -60,6 +60,7 @@ def test_keda_maps_to_external_prometheus_metric():
     ext = metric["external"]
     assert ext["metric"]["backend"] == "prometheus"
     assert 'namespace="perf-predictor"' in ext["metric"]["query"]
+    assert one(render_case("helm3", "keda"), "PodMonitor")  # the series the query reads
     assert 'model="perf-predictor"' in ext["metric"]["query"]
     assert ext["target"] == {"type": "Value", "value": "10"}
 
@@ -74,15 +75,43 @@ def test_knative_mode():
     # Knative allows a single container port
     assert [p["name"] for p in container(pred)["ports"]] == ["http1"]
     pm = one(render_case("helm3", "knative"), "PodMonitor")
-    assert pm["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8080
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "user-port"  # Knative's name for the user port
+    # Knative's default feature flags refuse these pod fields; the security settings sit on the container
+    assert "securityContext" not in pred and "terminationGracePeriodSeconds" not in pred
+    assert container(pred)["securityContext"]["runAsUser"] == 10001
 
 
 def test_no_autoscaling_pins_replicas():
     objs = render_case("helm3", "no-autoscaling")
     isvc = one(objs, "InferenceService")
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
     assert (isvc["spec"]["predictor"]["minReplicas"], isvc["spec"]["predictor"]["maxReplicas"]) == (1, 1)
     assert not [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_memory_hpa_is_a_quantity_per_pod():
+    pred = one(render_case("helm3", "hpa-memory"), "InferenceService")["spec"]["predictor"]
+    assert "scaleMetric" not in pred and "scaleTarget" not in pred
+    assert pred["autoScaling"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "memory", "target": {"type": "AverageValue", "averageValue": "512Mi"}}}]
+
+
+def test_kserve_015_mode_names():
+    isvc = one(render("helm3", "--set", "kserveVersion=0.15.2"), "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    isvc = one(render("helm3", "-f", str(CHART / "ci" / "knative-values.yaml"), "--set", "kserveVersion=0.15"),
+               "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+
+
+def test_knative_network_policy_opens_the_queue_proxy():
+    np = one(render_case("helm3", "knative-network-policy"), "NetworkPolicy")
+    rules = np["spec"]["ingress"]
+    assert sorted(p["port"] for p in rules[0]["ports"]) == [8012, 8013]
+    assert [p["port"] for p in rules[1]["ports"]] == [9090]
+    assert rules[1]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "knative-serving"}}}]
+    assert [p["port"] for p in rules[2]["ports"]] == [8080]
 
 
 def test_plain_deployment_shares_the_container():
@@ -188,7 +217,8 @@ def test_readme_lists_every_value():
     keys = set(_leaf_keys(values))
     # free-form maps are documented as a whole
     for whole in ("resources", "podSecurityContext", "securityContext", "tests.resources",
-                  "networkPolicy.metricsNamespaceSelector"):
+                  "networkPolicy.metricsNamespaceSelector", "networkPolicy.knative.systemNamespaceSelector",
+                  "networkPolicy.knative.ingressNamespaceSelector"):
         keys = {k for k in keys if not k.startswith(whole + ".")} | {whole}
     missing = sorted(keys - documented)
     assert not missing, f"chart README does not document: {missing}"

@@ -24,7 +24,7 @@ from test_chart_pod_security import restricted_violations
 KSERVE_VERSIONS = ["0.15", "0.16"]
 
 STORAGE_FIXTURE = yaml.safe_load((REPO / "tests" / "chart" / "kserve_storage_containers.yaml").read_text())
-CSC_PATCH = REPO / "manifests" / "storage-initializer-restricted-patch.yaml"
+CSC_PATCH = CHART / "files" / "storage-initializer-restricted-patch.yaml"
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def effective_home(pod: dict, container: dict) -> str:
 @pytest.mark.parametrize("install", sorted(STORAGE_FIXTURE["installs"]))
 @pytest.mark.parametrize("case", storage_cases())
 def test_storage_initializer_passes_restricted_with_the_patch(case, install):
-    assert CSC_PATCH.exists(), "manifests/storage-initializer-restricted-patch.yaml is missing"
+    assert CSC_PATCH.exists(), "files/storage-initializer-restricted-patch.yaml is missing"
     v = values_of(case)
     for version in KSERVE_VERSIONS:
         pod = pod_with_storage_initializer(_predictor_pod(objects(case, version), v["deploymentMode"] == "Knative"),
