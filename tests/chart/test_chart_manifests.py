@@ -5,6 +5,7 @@ well-formed and honestly labelled as not run in this project's CI."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import yaml
@@ -56,9 +57,30 @@ def test_kind_config_is_a_kind_cluster():
 
 
 def test_prereqs_are_pinned():
+    """Pins of releases that exist (checked against the projects' tags when they were set:
+    kserve/kserve v0.16.0 and v0.15.2 (v0.16.1 does not exist), cert-manager v1.17.2, kedacore/charts
+    v2.14.2, prometheus-community/helm-charts kube-prometheus-stack-72.9.1, knative/serving
+    knative-v1.15.2, knative-extensions/net-kourier knative-v1.15.1)."""
     text = (REPO / "manifests" / "install-prereqs.sh").read_text()
     for needle in ('CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.17.2}"',
-                   'KSERVE_VERSION="${KSERVE_VERSION:-v0.16.1}"',
-                   "oci://ghcr.io/kserve/charts/kserve-crd", "oci://ghcr.io/kserve/charts/kserve ",
-                   "kserve.controller.deploymentMode=Standard"):
+                   'KSERVE_VERSION="${KSERVE_VERSION:-v0.16.0}"',
+                   'KEDA_CHART_VERSION="${KEDA_CHART_VERSION:-2.14.2}"',
+                   'KUBE_PROMETHEUS_STACK_VERSION="${KUBE_PROMETHEUS_STACK_VERSION:-72.9.1}"',
+                   'KNATIVE_SERVING_VERSION="${KNATIVE_SERVING_VERSION:-knative-v1.15.2}"',
+                   'KOURIER_VERSION="${KOURIER_VERSION:-knative-v1.15.1}"',
+                   "oci://ghcr.io/kserve/charts/kserve-crd", "oci://ghcr.io/kserve/charts/kserve "):
         assert needle in text, needle
+
+
+def test_e2e_matrix_runs_every_mode():
+    """The workflow's matrix runs each MODE e2e-kind.sh knows, KServe Standard mode on both supported
+    KServe versions, and every ci values file the script uses exists."""
+    script = (REPO / "manifests" / "e2e-kind.sh").read_text()
+    modes = set(re.findall(r"^  ([a-z-]+)\)$", script, re.M))
+    assert modes == {"standard-hpa", "standard-keda", "knative", "deployment", "storage-uri-restricted"}
+    doc = yaml.safe_load((REPO / ".github" / "workflows" / "e2e-kind.yml").read_text())
+    matrix = doc["jobs"]["e2e"]["strategy"]["matrix"]["include"]
+    assert {m["mode"] for m in matrix} == modes
+    assert {m["kserve"] for m in matrix if m["mode"] == "standard-hpa"} == {"v0.16.0", "v0.15.2"}
+    for name in re.findall(r'\$CI/([a-z-]+-values\.yaml)', script):
+        assert (REPO / "charts" / "perf-predictor" / "ci" / name).exists(), name
