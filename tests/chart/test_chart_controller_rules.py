@@ -607,10 +607,13 @@ def monitor_covers_pods(objs, isvc, knative: bool) -> list[str]:
         for ep in pm["spec"]["podMetricsEndpoints"]:
             if ep.get("path") == "/metrics" and ep.get("port") in port_names:
                 found.append(pm["metadata"]["name"])
+    # the labels KServe puts on the predictor's objects, its Service included: kserve/kserve
+    # pkg/controller/v1beta1/inferenceservice/components/predictor.go with pkg/constants/constants.go
+    # InferenceServicePodLabelKey and KServiceComponentLabel (v0.15.2, v0.16.0)
+    service_labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
     for sm in of_kind(objs, "ServiceMonitor"):
-        # KServe's Standard-mode Service carries serving.kserve.io/inferenceservice and component labels
-        # (kserve/kserve .../reconcilers/service/service_reconciler.go), targetPort 8080 is the container's
         if ns in sm["spec"]["namespaceSelector"].get("matchNames", []) and \
+                _selector_matches(sm["spec"]["selector"], service_labels) and \
                 any(ep.get("targetPort") == 8080 for ep in sm["spec"]["endpoints"]):
             found.append(sm["metadata"]["name"])
     return found
@@ -629,8 +632,9 @@ def test_keda_query_reads_series_that_are_scraped(case, version):
         assert monitor_covers_pods(objs, isvc, False), "no ServiceMonitor/PodMonitor scrapes the series the query reads"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if values_of(c)["monitoring"]["podMonitor"]["enabled"]])
-def test_pod_monitor_port_works_on_every_prometheus_operator(case):
+@pytest.mark.parametrize("case", [c for c in CASES if values_of(c)["monitoring"]["podMonitor"]["enabled"]
+                                  or values_of(c)["monitoring"]["serviceMonitor"]["enabled"]])
+def test_monitors_scrape_the_running_pods(case):
     """prometheus-operator pkg/apis/monitoring/v1/podmonitor_types.go: `portNumber` exists only from
     v0.79.0 (an older operator drops the unknown field and scrapes every port); `port` (a name) works
     on all, and it must name a port the running pod has."""
