@@ -98,9 +98,9 @@ name Standard (pkg/apis/serving/v1beta1/inference_service_validation.go, v0.16.0
 {{- end }}
 
 {{/*
-"true" unless the pod spec goes to Knative and the Knative feature flag (first argument's name) is
-off: KServe passes the predictor pod spec to the Knative Service unchanged, and Knative's webhook
-drops every pod field whose flag is disabled (knative/serving pkg/apis/serving/fieldmask.go).
+"true" unless the pod spec goes to Knative and the Knative feature flag named by the second list
+element is off: KServe passes the predictor pod spec to the Knative Service unchanged, and Knative's
+webhook refuses every pod field whose flag is disabled (knative/serving pkg/apis/serving/fieldmask.go).
 Called as: include "perf-predictor.knativeAllows" (list . "kubernetes.podspec-securitycontext")
 */}}
 {{- define "perf-predictor.knativeAllows" -}}
