@@ -9,8 +9,11 @@ restart) are interpolated and long ones split the series.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -67,34 +70,78 @@ def series_name(labels: dict[str, str]) -> str:
     return f"{name}{{{rest}}}" if rest or not name else name
 
 
-def _query_range(base_url: str, query: str, start: float, end: float, step: float, timeout: float) -> list[dict]:
+class PrometheusError(Exception):
+    """A range query that produced no result; `reason` is a stable code for metrics and logs."""
+
+    reason = "prometheus_error"
+
+
+class QueryFailed(PrometheusError, ValueError):
+    """Prometheus answered, but not with a range result: refused (4xx/5xx) or malformed."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Unreachable(PrometheusError, OSError):
+    """No answer: connection refused or reset, or no reply within the timeout."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _query_range(base_url: str, query: str, start: float, end: float, step: float, timeout: float,
+                 headers: dict | None = None, context: ssl.SSLContext | None = None) -> list[dict]:
     url = base_url.rstrip("/") + "/api/v1/query_range"
     body = urllib.parse.urlencode({"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
                                    "step": f"{step:g}"}).encode()
     request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+                                     headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            payload = json.loads(resp.read())
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+            raw = resp.read()
     except urllib.error.HTTPError as exc:
         try:
             detail = json.loads(exc.read()).get("error", "")
-        except ValueError:
+        except (ValueError, AttributeError, OSError):
             detail = ""
-        raise ValueError(f"Prometheus at {base_url} refused the query ({exc.code}): {detail or exc.reason}") from None
+        reason = "prometheus_http_5xx" if exc.code >= 500 else "prometheus_refused"
+        raise QueryFailed(reason, f"Prometheus at {base_url} refused the query ({exc.code}): "
+                                  f"{detail or exc.reason}") from None
+    except (TimeoutError, socket.timeout) as exc:
+        raise Unreachable("prometheus_timeout", f"cannot reach Prometheus at {base_url}: no answer in "
+                                                f"{timeout:g}s") from exc
     except urllib.error.URLError as exc:
-        raise OSError(f"cannot reach Prometheus at {base_url}: {exc.reason}") from None
+        timed_out = isinstance(exc.reason, (TimeoutError, socket.timeout))
+        raise Unreachable("prometheus_timeout" if timed_out else "prometheus_unreachable",
+                          f"cannot reach Prometheus at {base_url}: {exc.reason}") from None
+    except (ConnectionError, http.client.HTTPException) as exc:
+        raise Unreachable("prometheus_unreachable", f"cannot reach Prometheus at {base_url}: {exc!r}") from None
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with invalid JSON") from None
+    if not isinstance(payload, dict):
+        raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with {type(payload).__name__}, "
+                                                  "not an object")
     if payload.get("status") != "success":
-        raise ValueError(f"Prometheus query failed: {payload.get('error', payload)}")
-    data = payload["data"]
-    if data.get("resultType") != "matrix":
-        raise ValueError(f"expected a range vector (matrix) result, got {data.get('resultType')}")
+        raise QueryFailed("prometheus_refused", f"Prometheus query failed: {payload.get('error', payload)}")
+    data = payload.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
+        kind = data.get("resultType") if isinstance(data, dict) else None
+        raise QueryFailed("prometheus_malformed", f"expected a range vector (matrix) result, got {kind}")
     return data["result"]
 
 
 def fetch(base_url: str, query: str, start: float, end: float, step: float, timeout: float = 60,
-          max_points: int = MAX_POINTS_PER_PAGE) -> dict[tuple, tuple[dict, np.ndarray, np.ndarray]]:
-    """Raw points per label set, paging through the range: {key: (labels, epoch_seconds, values)}."""
+          max_points: int = MAX_POINTS_PER_PAGE, headers: dict | None = None,
+          context: ssl.SSLContext | None = None) -> dict[tuple, tuple[dict, np.ndarray, np.ndarray]]:
+    """Raw points per label set, paging through the range: {key: (labels, epoch_seconds, values)}.
+
+    `headers` (e.g. Authorization) and `context` (TLS trust) go with every page. Raises `Unreachable` or
+    `QueryFailed`, each with a `reason`; a result whose items are not label sets with points is malformed."""
     if step <= 0:
         raise ValueError("step must be positive")
     if end < start:
@@ -103,13 +150,17 @@ def fetch(base_url: str, query: str, start: float, end: float, step: float, time
     page_start = start
     while page_start <= end:
         page_end = min(end, page_start + (max_points - 1) * step)
-        for item in _query_range(base_url, query, page_start, page_end, step, timeout):
-            labels = item.get("metric", {})
-            key = tuple(sorted(labels.items()))
-            entry = collected.setdefault(key, (labels, [], []))
-            for stamp, value in item.get("values", []):
-                entry[1].append(float(stamp))
-                entry[2].append(float(value))  # 'NaN', '+Inf' parse; the gap policy drops them
+        for item in _query_range(base_url, query, page_start, page_end, step, timeout, headers, context):
+            try:
+                labels = item.get("metric", {})
+                key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+                entry = collected.setdefault(key, (labels, [], []))
+                for stamp, value in item.get("values", []):
+                    entry[1].append(float(stamp))
+                    entry[2].append(float(value))  # 'NaN', '+Inf' parse; the gap policy drops them
+            except (AttributeError, TypeError, ValueError):
+                raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with a "
+                                                          f"malformed series: {str(item)[:200]}") from None
         page_start = page_end + step
     return {k: (labels, np.array(ts), np.array(vs)) for k, (labels, ts, vs) in collected.items()}
 
