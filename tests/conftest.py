@@ -70,9 +70,11 @@ class Server(LoopbackAddresses):
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(model_dir: Path, log_path: Path, *extra: str, env: dict | None = None) -> Server:
-    http_port, grpc_port = free_port(), free_port()
-    log = log_path.open("w")
+def start_server(model_dir: Path, log_path: Path, *extra: str, env: dict | None = None,
+                 ports: tuple[int, int] | None = None) -> Server:
+    """`ports` (http, grpc): start again where a stopped server was."""
+    http_port, grpc_port = ports or (free_port(), free_port())
+    log = log_path.open("a" if ports else "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "predictor", "--model_dir", str(model_dir), "--http_port", str(http_port),
          "--grpc_port", str(grpc_port), *extra],

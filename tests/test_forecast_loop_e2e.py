@@ -1,7 +1,6 @@
 """The forecast loop end to end, with the real parts: real Prometheus, real predictor, the loop as a process.
 
-Three series of `../shared/data/nab-tweets` (the last 700 points, 5-minute step) are moved to a grid
-that ends at the last whole step before now, backfilled with promtool into a TSDB and served by a real Prometheus. The
+A real Prometheus holds NAB tweets moved to end now (`forecast_loop_fixtures.history`). The
 loop (`python -m forecast_loop`) reads them, forecasts them through the real predictor (conftest's
 `server`), and Prometheus scrapes it every second, with the chart's forecast-loop rules loaded. What
 Prometheus then holds must equal a direct v2 call (tritonclient) on the same window taken from the
@@ -19,69 +18,9 @@ from prometheus_client import generate_latest
 from forecast_loop.config import parse
 from forecast_loop.loop import ForecastLoop
 from training.metrics import coverage, mase, seasonal_naive_scale
-from training.sources.csv_files import read_csv
 
-from .conftest import MODEL_NAME, shared_dir
-from .forecast_loop_process import LoopProcess, rules_with
-from .prometheus_server import PrometheusProcess, backfill, require_prometheus
-
-STEP = 300
-POINTS = 700
-SYMBOLS = ("AAPL", "AMZN", "GOOG")  # max_series 2 keeps AAPL and AMZN (label sets in sorted order)
-
-
-def tweets(symbol: str) -> np.ndarray:
-    path = shared_dir() / "data" / "nab-tweets" / f"Twitter_volume_{symbol}.csv"
-    if not path.is_file():
-        pytest.skip(f"NAB tweets not found at {path} (set PERF_PREDICTOR_SHARED)")
-    return read_csv(path)[-1].values[-POINTS:]
-
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory):
-    require_prometheus()
-    root = tmp_path_factory.mktemp("forecast-loop-prometheus")
-    # The data must end by now (Prometheus refuses scraped samples older than the newest block), and the
-    # loop's window ends at the last whole step, so the last point is that step; with less than 100 s to
-    # the next step, wait for it, so that the window does not move past the data during the test.
-    if time.time() % STEP > STEP - 100:
-        time.sleep(STEP - time.time() % STEP + 1)
-    last = int(time.time()) // STEP * STEP
-    stamps = last - STEP * np.arange(POINTS)[::-1]
-    series = {s: tweets(s) for s in SYMBOLS}
-    holes = {"gap": series["AAPL"].copy(), "all_nan": np.full(POINTS, np.nan), "inf": series["AMZN"].copy()}
-    holes["gap"][-100:-88] = np.nan  # 12 missing steps inside the last W: more than the fill limit
-    holes["inf"][-50] = np.inf  # one point: dropped and filled like a missed scrape
-    lines = ["# HELP tweets Tweets per 5 minutes (NAB).", "# TYPE tweets gauge"]
-    for symbol, values in series.items():
-        lines += [f'tweets{{symbol="{symbol}"}} {v:g} {t}' for t, v in zip(stamps, values)]
-    lines += ["# HELP tweets_holes Tweets with NaN and Inf.", "# TYPE tweets_holes gauge"]
-    for case, values in holes.items():
-        lines += [f'tweets_holes{{case="{case}"}} {v:g} {t}'.replace(" nan ", " NaN ").replace(" inf ", " +Inf ")
-                  for t, v in zip(stamps, values)]
-    data = root / "data"
-    backfill(lines, data)
-    prom = PrometheusProcess(root, data, "global: {scrape_interval: 1s, evaluation_interval: 1s}\n")
-    prom.start()
-    try:
-        yield {"prometheus": prom, "root": root, "stamps": stamps, "series": series}
-    finally:
-        prom.stop()
-
-
-def loop_config(prom_url: str, model_url: str, **extra) -> dict:
-    return {
-        "prometheus": {"url": prom_url, "timeout": "5s"},
-        "model": {"url": model_url, "name": MODEL_NAME},
-        "interval": "1s",
-        "targets": [
-            {"name": "tweets", "query": "tweets", "step": "5m", "max_series": 2,
-             "thresholds": {"critical": {"above": 1}}},
-            {"name": "holes", "query": "tweets_holes", "step": "5m"},
-            {"name": "nothing", "query": "no_such_metric", "step": "5m"},
-        ],
-        **extra,
-    }
+from .conftest import MODEL_NAME
+from .forecast_loop_fixtures import LoopProcess, history, loop_config, rules_with  # noqa: F401 (fixture)
 
 
 def direct_forecast(server, window: np.ndarray) -> dict[str, np.ndarray]:
