@@ -1,0 +1,85 @@
+"""The forecast loop's config: every mistake is an error naming the file and the key, before anything starts."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from forecast_loop.config import ConfigError, load, parse
+
+GOOD = {
+    "prometheus": {"url": "http://prometheus:9090", "timeout": "5s"},
+    "model": {"url": "http://perf-predictor-predictor", "name": "perf-predictor"},
+    "targets": [{"name": "api-rps", "query": "sum by (service) (rate(http_requests_total[5m]))", "step": "5m",
+                 "max_series": 50, "thresholds": {"quantile": 0.9, "warning": {"above": 800},
+                                                  "critical": {"above": 1000}}}],
+}
+
+
+def test_defaults_and_parsed_values():
+    config = parse(GOOD, "loop.yaml")
+    assert config.interval == 60 and config.horizons == (900, 1800, 3600)
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 9400)
+    assert config.prometheus.timeout == 5 and config.model.max_batch_series == 1024 and config.model.step is None
+    (target,) = config.targets
+    assert target.step == 300 and target.max_series == 50
+    assert [(t.severity, t.direction, t.value) for t in target.thresholds.levels] == [
+        ("warning", "above", 800), ("critical", "above", 1000)]
+
+
+def with_change(path: str, value) -> dict:
+    doc = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("prometheus.tmeout", "3s", "prometheus.tmeout: unknown key"),
+    ("prometheus.url", "prometheus:9090", "prometheus.url: must be an http:// or https:// URL"),
+    ("prometheus.timeout", "soon", "prometheus.timeout: cannot parse duration"),
+    ("model.name", KeyError, "model.name: is required"),
+    ("model.max_batch_series", 0, "model.max_batch_series: must be a positive integer"),
+    ("interval", "0s", "interval: must be a positive duration"),
+    ("horizons", [], "horizons: must be a non-empty list"),
+    ("listen", "9400", "listen: must be host:port"),
+    ("accuracy", {"windw": "1h"}, "accuracy.windw: unknown key"),
+    ("targets", [], "targets: must be a non-empty list"),
+    ("targets.0.max_series", "3", "targets[0].max_series: must be a positive integer, got '3'"),
+    ("targets.0.step", "7m", "targets[0].step: horizon 900s is not a whole number of steps of 420s"),
+    ("targets.0.step", "1.5s", "targets[0].step: must be a whole number of seconds"),
+    ("targets.0.query", "", "targets[0].query: must be a non-empty string"),
+    ("targets.0.name", "a b", "targets[0].name: must be letters, digits"),
+    ("targets.0.thresholds.warning", {"above": 1, "below": 0}, "targets[0].thresholds.warning: needs exactly one"),
+    ("targets.0.thresholds.critical", {"above": "high"}, "targets[0].thresholds.critical.above: must be a finite number"),
+    ("targets.0.thresholds.quantile", 1.5, "targets[0].thresholds.quantile: must be between 0 and 1"),
+    ("targets.0.thresholds", {"quantile": 0.9}, "targets[0].thresholds: needs warning or critical"),
+    ("targets.0.capacity", {}, "targets[0].capacity: unknown key"),
+])
+def test_mistakes_name_the_file_and_key(path, value, message):
+    with pytest.raises(ConfigError) as exc:
+        parse(with_change(path, value), "loop.yaml")
+    assert str(exc.value).startswith("loop.yaml: ") and message in str(exc.value), str(exc.value)
+
+
+def test_duplicate_target_names_and_missing_files(tmp_path):
+    doc = copy.deepcopy(GOOD)
+    doc["targets"].append(copy.deepcopy(doc["targets"][0]))
+    with pytest.raises(ConfigError, match=r"targets\[1\].name: 'api-rps' is used by more than one target"):
+        parse(doc, "loop.yaml")
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(with_change("prometheus.bearer_token_file", str(tmp_path / "token"))))
+    with pytest.raises(ConfigError, match=r"loop.yaml: prometheus.bearer_token_file: no such file"):
+        load(path)
+    path.write_text("targets: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.yaml")
