@@ -162,7 +162,8 @@ class ForecastLoop:
             view = self.metrics.views[name]
             view.forecasts = Forecasts(
                 labels=[series_labels(name, key) for key in windows.keys], values=mine,
-                quantiles=tuple(quantile_label(q) for q in spec.quantiles), horizons=state.horizons, origin=end)
+                quantiles=tuple(quantile_label(q) for q in spec.quantiles), horizons=state.horizons, origin=end,
+                actual=windows.values[:, -1].copy())
             view.series = n
             view.last_success = now
             state.accuracy.observe(end, windows.keys, windows.values, mine)

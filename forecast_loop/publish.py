@@ -44,6 +44,7 @@ class Forecasts:
     quantiles: tuple[str, ...]  # quantile labels, in the order of `values`
     horizons: tuple[tuple[str, int], ...]  # (label, index into H)
     origin: int  # epoch seconds of the last point the forecasts start from
+    actual: np.ndarray  # [n], the value at the origin
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class LoopMetrics:
                       "gauge")
         low = Metric("perf_predictor_forecast_min", "Minimum of the forecast over the model's whole horizon.",
                      "gauge")
+        actual = Metric("perf_predictor_forecast_actual", "The series' value at the origin: the last point read.",
+                        "gauge")
         families = {name: Metric(name, doc, "gauge") for name, doc in (
             ("perf_predictor_forecast_origin_timestamp_seconds", "Time of the last actual point the forecasts start from."),
             ("perf_predictor_forecast_last_success_timestamp_seconds", "When the target was last forecast."),
@@ -126,6 +129,8 @@ class LoopMetrics:
                 continue
             add("perf_predictor_forecast_origin_timestamp_seconds", f.origin)
             highs, lows = f.values.max(axis=2), f.values.min(axis=2)
+            for i, labels in enumerate(f.labels):
+                actual.add_sample(actual.name, labels, float(f.actual[i]))
             for qi, q in enumerate(f.quantiles):
                 for i, labels in enumerate(f.labels):
                     at = {**labels, "quantile": q}
@@ -136,4 +141,5 @@ class LoopMetrics:
         yield forecast
         yield high
         yield low
+        yield actual
         yield from families.values()

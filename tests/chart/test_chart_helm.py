@@ -19,6 +19,8 @@ EXPECTED_KINDS = {
     "everything": {"Deployment": 1, "Service": 1, "HorizontalPodAutoscaler": 1, "PodDisruptionBudget": 1,
                    "ServiceAccount": 1, "NetworkPolicy": 1, "PodMonitor": 1, "PrometheusRule": 1,
                    "ConfigMap": 1, "Pod": 1},
+    "forecast-loop": {"InferenceService": 1, "PodDisruptionBudget": 1, "Pod": 1, "Deployment": 1, "Service": 1,
+                      "ConfigMap": 3, "NetworkPolicy": 3, "ServiceMonitor": 1, "PrometheusRule": 1},
     "grafana-dashboard": {"InferenceService": 1, "PodDisruptionBudget": 1, "ConfigMap": 1, "Pod": 1},
     "hpa-memory": {"InferenceService": 1, "PodDisruptionBudget": 1, "Pod": 1},
     "fixed-replicas": {"InferenceService": 1, "PodDisruptionBudget": 1, "Pod": 1},
