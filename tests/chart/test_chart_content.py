@@ -218,7 +218,8 @@ def test_readme_lists_every_value():
     # free-form maps are documented as a whole
     for whole in ("resources", "podSecurityContext", "securityContext", "tests.resources",
                   "networkPolicy.metricsNamespaceSelector", "networkPolicy.knative.systemNamespaceSelector",
-                  "networkPolicy.knative.ingressNamespaceSelector"):
+                  "networkPolicy.knative.ingressNamespaceSelector", "forecastLoop.resources",
+                  "forecastLoop.networkPolicy.prometheus.namespaceSelector"):
         keys = {k for k in keys if not k.startswith(whole + ".")} | {whole}
     missing = sorted(keys - documented)
     assert not missing, f"chart README does not document: {missing}"
