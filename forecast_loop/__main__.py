@@ -11,10 +11,9 @@ import signal
 import sys
 import threading
 
-from prometheus_client import start_http_server
-
 from .config import ConfigError, load, parse_listen
 from .loop import ForecastLoop
+from .publish import serve
 
 logger = logging.getLogger("forecast_loop")
 
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     loop = ForecastLoop(config)
-    server, _ = start_http_server(port, host, registry=loop.metrics.registry)
+    server = serve(loop.metrics, host, port)
     logger.info("serving /metrics on http://%s:%d/metrics; %d target(s) every %gs", host,
                 server.server_port, len(config.targets), config.interval)
     worker = threading.Thread(target=loop.run, args=(stop,), name="forecast-loop", daemon=True)

@@ -74,8 +74,8 @@ class ForecastLoop:
             view = self.metrics.views[state.target.name]
             since = view.last_success if view.last_success is not None else self.started
             view.stale = now - since > limit
-            if view.stale:
-                view.forecasts = None
+            if view.stale and view.forecasts is not None:
+                view.show(None)
 
     # -- per target setup against the model --------------------------------------------------------
     def _prepare(self, state: TargetState, spec: ModelSpec) -> None:
@@ -160,10 +160,10 @@ class ForecastLoop:
             lo += n
             name = state.target.name
             view = self.metrics.views[name]
-            view.forecasts = Forecasts(
+            view.show(Forecasts(
                 labels=[series_labels(name, key) for key in windows.keys], values=mine,
                 quantiles=tuple(quantile_label(q) for q in spec.quantiles), horizons=state.horizons, origin=end,
-                actual=windows.values[:, -1].copy())
+                actual=windows.values[:, -1].copy()))
             view.series = n
             view.last_success = now
             state.accuracy.observe(end, windows.keys, windows.values, mine)

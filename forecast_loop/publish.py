@@ -5,14 +5,20 @@ horizon becomes `exported_<name>`) plus `target`, `quantile` ("0.9") and, for th
 `horizon` ("15m"). They have no timestamp: Prometheus stamps them at the scrape ("now"), and a
 forecast's own time is its origin, `perf_predictor_forecast_origin_timestamp_seconds`. Each target's
 view is replaced whole by the loop thread, so a scrape never sees half an iteration.
+
+The forecast families are rendered to exposition text once per iteration, in the loop thread
+(`render`), and a scrape only joins the texts of every target: prometheus-client's exposition costs
+about 25 us per sample, 0.45 s for the 27,000 of 1,000 series. The rest goes through the registry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
@@ -21,6 +27,12 @@ from .history import Key
 
 RESERVED = ("target", "quantile", "horizon")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+FORECAST_FAMILIES = {
+    "perf_predictor_forecast": "Forecast of the target's series at a horizon, by quantile.",
+    "perf_predictor_forecast_max": "Maximum of the forecast over the model's whole horizon.",
+    "perf_predictor_forecast_min": "Minimum of the forecast over the model's whole horizon.",
+    "perf_predictor_forecast_actual": "The series' value at the origin: the last point read.",
+}
 
 
 def duration_label(seconds: float) -> str:
@@ -55,15 +67,46 @@ class ThresholdLine:
     value: float
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(f: Forecasts) -> dict[str, str]:
+    """Exposition lines of the forecast families for one target, by family name."""
+    lines: dict[str, list[str]] = {name: [] for name in FORECAST_FAMILIES}
+    forecast, high, low = (lines[n] for n in ("perf_predictor_forecast", "perf_predictor_forecast_max",
+                                               "perf_predictor_forecast_min"))
+    values = f.values[:, :, [index for _, index in f.horizons]].tolist()
+    highs, lows = f.values.max(axis=2).tolist(), f.values.min(axis=2).tolist()
+    actual = f.actual.tolist()
+    for i, labels in enumerate(f.labels):
+        base = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        lines["perf_predictor_forecast_actual"].append(f"perf_predictor_forecast_actual{{{base}}} {actual[i]!r}")
+        for qi, q in enumerate(f.quantiles):
+            at = f'{base},quantile="{q}"'
+            for (h, _), value in zip(f.horizons, values[qi][i]):
+                forecast.append(f'perf_predictor_forecast{{{at},horizon="{h}"}} {value!r}')
+            high.append(f"perf_predictor_forecast_max{{{at}}} {highs[qi][i]!r}")
+            low.append(f"perf_predictor_forecast_min{{{at}}} {lows[qi][i]!r}")
+    return {name: "".join(line + "\n" for line in family) for name, family in lines.items()}
+
+
 @dataclass
 class TargetView:
-    forecasts: Optional[Forecasts] = None
+    shown: tuple = (None, {})  # (Forecasts or None, its render()), replaced in one assignment
     series: int = 0
     skipped: dict = field(default_factory=dict)
     last_success: Optional[float] = None
     stale: bool = False
     score: Optional[Score] = None
     thresholds: tuple[ThresholdLine, ...] = ()
+
+    def show(self, forecasts: Optional[Forecasts]) -> None:
+        self.shown = (forecasts, render(forecasts) if forecasts is not None else {})
+
+    @property
+    def forecasts(self) -> Optional[Forecasts]:
+        return self.shown[0]
 
 
 class LoopMetrics:
@@ -83,14 +126,6 @@ class LoopMetrics:
         return []
 
     def collect(self):
-        forecast = Metric("perf_predictor_forecast", "Forecast of the target's series at a horizon, by quantile.",
-                          "gauge")
-        high = Metric("perf_predictor_forecast_max", "Maximum of the forecast over the model's whole horizon.",
-                      "gauge")
-        low = Metric("perf_predictor_forecast_min", "Minimum of the forecast over the model's whole horizon.",
-                     "gauge")
-        actual = Metric("perf_predictor_forecast_actual", "The series' value at the origin: the last point read.",
-                        "gauge")
         families = {name: Metric(name, doc, "gauge") for name, doc in (
             ("perf_predictor_forecast_origin_timestamp_seconds", "Time of the last actual point the forecasts start from."),
             ("perf_predictor_forecast_last_success_timestamp_seconds", "When the target was last forecast."),
@@ -124,22 +159,37 @@ class LoopMetrics:
                 add("perf_predictor_forecast_mase", view.score.mase)
                 add("perf_predictor_forecast_coverage", view.score.coverage)
                 add("perf_predictor_forecast_scored", view.score.scored)
-            f = view.forecasts
-            if f is None:
-                continue
-            add("perf_predictor_forecast_origin_timestamp_seconds", f.origin)
-            highs, lows = f.values.max(axis=2), f.values.min(axis=2)
-            for i, labels in enumerate(f.labels):
-                actual.add_sample(actual.name, labels, float(f.actual[i]))
-            for qi, q in enumerate(f.quantiles):
-                for i, labels in enumerate(f.labels):
-                    at = {**labels, "quantile": q}
-                    for h, index in f.horizons:
-                        forecast.add_sample(forecast.name, {**at, "horizon": h}, float(f.values[qi, i, index]))
-                    high.add_sample(high.name, at, float(highs[qi, i]))
-                    low.add_sample(low.name, at, float(lows[qi, i]))
-        yield forecast
-        yield high
-        yield low
-        yield actual
+            forecasts, _ = view.shown
+            if forecasts is not None:
+                add("perf_predictor_forecast_origin_timestamp_seconds", forecasts.origin)
         yield from families.values()
+
+    def exposition(self) -> bytes:
+        """The whole /metrics page: the pre-rendered forecast families, then the registry."""
+        texts = [view.shown[1] for view in list(self.views.values())]
+        parts = []
+        for name, doc in FORECAST_FAMILIES.items():
+            parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+            parts.extend(text[name] for text in texts if text)
+        return "".join(parts).encode() + generate_latest(self.registry)
+
+
+def serve(metrics: LoopMetrics, host: str, port: int) -> ThreadingHTTPServer:
+    """/metrics (any path) in a daemon thread; the bound port is `server.server_port`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

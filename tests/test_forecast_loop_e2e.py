@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from prometheus_client import generate_latest
 
 from forecast_loop.config import parse
 from forecast_loop.loop import ForecastLoop
@@ -112,5 +111,5 @@ def test_live_accuracy_scores_earlier_forecasts_like_the_backtest(history, serve
             covered.append(coverage(actual, direct["p10"][row], direct["p90"][row]))
     assert score.mase == pytest.approx(np.mean(mases), rel=1e-5)
     assert score.coverage == pytest.approx(np.mean(covered), rel=1e-9)
-    text = generate_latest(loop.metrics.registry).decode()
+    text = loop.metrics.exposition().decode()
     assert f'perf_predictor_forecast_mase{{target="tweets"}} {score.mase!r}' in text

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from chartlib import CHART, CI_DIR, NAMESPACE, RELEASE, render, run_helm
 
+from forecast_loop.accuracy import Score
 from forecast_loop.config import parse
 from forecast_loop.publish import Forecasts, LoopMetrics, ThresholdLine
-from forecast_loop.accuracy import Score
 
 HERE = Path(__file__).resolve().parent
 CI = ["-f", str(CI_DIR / "forecast-loop-values.yaml")]
@@ -163,13 +164,14 @@ def published_names() -> set[str]:
     """Every series name a loop with one forecast target publishes (its real collector)."""
     metrics = LoopMetrics(["t"], 60)
     view = metrics.views["t"]
-    view.forecasts = Forecasts([{"target": "t"}], np.zeros((3, 1, 12)), ("0.1", "0.5", "0.9"), (("15m", 2),), 0,
-                               np.zeros(1))
+    view.show(Forecasts([{"target": "t"}], np.zeros((3, 1, 12)), ("0.1", "0.5", "0.9"), (("15m", 2),), 0,
+                        np.zeros(1)))
     view.last_success, view.skipped, view.score = 1.0, {"gap": 1}, Score(1.0, 0.8, 3)
     view.thresholds = (ThresholdLine("critical", "above", "0.9", 1.0),)
     metrics.errors.labels("t", "model_error").inc()
     metrics.duration.observe(0.1)
-    return {s.name for family in metrics.registry.collect() for s in family.samples}
+    return {s.name for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples}
 
 
 def test_dashboard_asks_only_for_series_the_loop_publishes():

@@ -45,16 +45,17 @@ def regularize(name: str, epoch_seconds: np.ndarray, values: np.ndarray, step_se
     grid[slots] = values  # several points in one slot: the last one wins
     pieces, missing = [], np.isnan(grid)
     # split wherever a run of missing points is longer than the fill limit
-    run_start = None
     bounds, piece_start = [], 0
-    for i, gap in enumerate(missing):
-        if gap and run_start is None:
-            run_start = i
-        elif not gap and run_start is not None:
-            if i - run_start > max_fill_steps:
-                bounds.append((piece_start, run_start))
-                piece_start = i
-            run_start = None
+    if missing.any():  # (the common case has no gap at all: no walk over every point)
+        run_start = None
+        for i, gap in enumerate(missing):
+            if gap and run_start is None:
+                run_start = i
+            elif not gap and run_start is not None:
+                if i - run_start > max_fill_steps:
+                    bounds.append((piece_start, run_start))
+                    piece_start = i
+                run_start = None
     bounds.append((piece_start, len(grid)))
     for k, (lo, hi) in enumerate(bounds):
         piece = grid[lo:hi]

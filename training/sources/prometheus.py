@@ -21,6 +21,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 import numpy as np
+import simdjson
 
 from .base import Series, regularize
 
@@ -119,20 +120,23 @@ def _query_range(base_url: str, query: str, start: float, end: float, step: floa
                           f"cannot reach Prometheus at {base_url}: {exc.reason}") from None
     except (ConnectionError, http.client.HTTPException) as exc:
         raise Unreachable("prometheus_unreachable", f"cannot reach Prometheus at {base_url}: {exc!r}") from None
-    try:
-        payload = json.loads(raw)
+    try:  # simdjson: a range answer is mostly numbers in strings, 2-5x faster than json here
+        payload = simdjson.Parser().parse(raw)
     except ValueError:
         raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with invalid JSON") from None
-    if not isinstance(payload, dict):
-        raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with {type(payload).__name__}, "
-                                                  "not an object")
+    if not isinstance(payload, simdjson.Object):
+        raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with "
+                                                  f"{type(payload).__name__}, not an object")
     if payload.get("status") != "success":
-        raise QueryFailed("prometheus_refused", f"Prometheus query failed: {payload.get('error', payload)}")
+        error = payload.get("error")
+        raise QueryFailed("prometheus_refused", f"Prometheus query failed: {error if error is not None else raw[:200]}")
     data = payload.get("data")
-    if not isinstance(data, dict) or data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
-        kind = data.get("resultType") if isinstance(data, dict) else None
+    result = data.get("result") if isinstance(data, simdjson.Object) else None
+    if not isinstance(data, simdjson.Object) or data.get("resultType") != "matrix" \
+            or not isinstance(result, simdjson.Array):
+        kind = data.get("resultType") if isinstance(data, simdjson.Object) else None
         raise QueryFailed("prometheus_malformed", f"expected a range vector (matrix) result, got {kind}")
-    return data["result"]
+    return result.as_list()
 
 
 def fetch(base_url: str, query: str, start: float, end: float, step: float, timeout: float = 60,
@@ -146,7 +150,7 @@ def fetch(base_url: str, query: str, start: float, end: float, step: float, time
         raise ValueError("step must be positive")
     if end < start:
         raise ValueError("end is before start")
-    collected: dict[tuple, tuple[dict, list, list]] = {}
+    collected: dict[tuple, tuple[dict, list, list]] = {}  # pages of stamps and values per label set
     page_start = start
     while page_start <= end:
         page_end = min(end, page_start + (max_points - 1) * step)
@@ -155,14 +159,16 @@ def fetch(base_url: str, query: str, start: float, end: float, step: float, time
                 labels = item.get("metric", {})
                 key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
                 entry = collected.setdefault(key, (labels, [], []))
-                for stamp, value in item.get("values", []):
-                    entry[1].append(float(stamp))
-                    entry[2].append(float(value))  # 'NaN', '+Inf' parse; the gap policy drops them
+                if item.get("values"):
+                    stamps, values = zip(*item["values"])
+                    entry[1].append(np.array(stamps, dtype=np.float64))
+                    entry[2].append(np.array(values, dtype=np.float64))  # 'NaN', '+Inf' parse; gaps to the policy
             except (AttributeError, TypeError, ValueError):
                 raise QueryFailed("prometheus_malformed", f"Prometheus at {base_url} answered with a "
                                                           f"malformed series: {str(item)[:200]}") from None
         page_start = page_end + step
-    return {k: (labels, np.array(ts), np.array(vs)) for k, (labels, ts, vs) in collected.items()}
+    return {k: (labels, np.concatenate(ts) if ts else np.empty(0), np.concatenate(vs) if vs else np.empty(0))
+            for k, (labels, ts, vs) in collected.items()}
 
 
 def load(base_url: str, query: str, start: str | float, end: str | float = "now", step: str | float = "5m",
