@@ -107,6 +107,19 @@ class FakeUpstream:
         self.server.server_close()
 
 
+def fake_answers_then_relays(tmp_path, upstream: str, paths: tuple, answer: tuple, reason: str, config) -> None:
+    """The loop behind a FakeUpstream (`config(fake_url)`): it answers `answer` on `paths`, then relays."""
+    fake = FakeUpstream(upstream)
+    fake.paths = paths
+    loop = LoopProcess(tmp_path, config(fake.url))
+    try:
+        assert_fails_then_recovers(loop, reason, lambda: setattr(fake, "answer", answer),
+                                   lambda: setattr(fake, "answer", None))
+    finally:
+        loop.stop()
+        fake.close()
+
+
 @pytest.fixture
 def own_server(model_dir, tmp_path):
     srv = start_server(model_dir, tmp_path / "predictor.log")
@@ -150,15 +163,8 @@ def test_prometheus_slower_than_the_timeout_then_sigterm_while_waiting(history, 
      "prometheus_malformed"),
 ])
 def test_prometheus_answering_errors_or_garbage(history, server, tmp_path, answer, reason):
-    fake = FakeUpstream(history["prometheus"].url)
-    fake.paths = ("/api/v1/query_range",)
-    loop = LoopProcess(tmp_path, fast_config(fake.url, server.http_url))
-    try:
-        assert_fails_then_recovers(loop, reason, lambda: setattr(fake, "answer", answer),
-                                   lambda: setattr(fake, "answer", None))
-    finally:
-        loop.stop()
-        fake.close()
+    fake_answers_then_relays(tmp_path, history["prometheus"].url, ("/api/v1/query_range",), answer, reason,
+                             lambda fake_url: fast_config(fake_url, server.http_url))
 
 
 def test_model_down_then_back(history, own_server, model_dir, tmp_path):
@@ -193,15 +199,8 @@ def test_model_paused_is_a_timeout(history, own_server, tmp_path):
     (("/infer",), (200, b"\x00\x01 not json"), "model_malformed"),
 ])
 def test_model_not_ready_or_answering_errors_or_garbage(history, server, tmp_path, paths, answer, reason):
-    fake = FakeUpstream(server.http_url)
-    fake.paths = paths
-    loop = LoopProcess(tmp_path, fast_config(history["prometheus"].url, fake.url))
-    try:
-        assert_fails_then_recovers(loop, reason, lambda: setattr(fake, "answer", answer),
-                                   lambda: setattr(fake, "answer", None))
-    finally:
-        loop.stop()
-        fake.close()
+    fake_answers_then_relays(tmp_path, server.http_url, paths, answer, reason,
+                             lambda fake_url: fast_config(history["prometheus"].url, fake_url))
 
 
 def test_unknown_model_is_counted_and_the_loop_keeps_running(history, server, tmp_path):

@@ -9,12 +9,9 @@ Skipped with the reason when the binaries are absent (`apt-get install -y promet
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,13 +19,11 @@ import pytest
 from training.sources import prometheus
 
 from .conftest import REPO, free_port
+from .prometheus_server import PrometheusProcess, backfill, require_prometheus
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 STEP = 60
 DAYS = 9
 METRIC = "perf_backfill_requests"
-
 
 
 def backfill_values(service: str, n: int) -> np.ndarray:
@@ -39,8 +34,7 @@ def backfill_values(service: str, n: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not (Path(PROMETHEUS).is_file() and Path(PROMTOOL).is_file()):
-        pytest.skip("prometheus/promtool not installed (Debian: apt-get install -y prometheus)")
+    require_prometheus()
     root = tmp_path_factory.mktemp("prometheus")
     data = root / "data"
     n = DAYS * 86400 // STEP
@@ -50,46 +44,17 @@ def server(tmp_path_factory):
     for service in ("a", "b"):
         values = backfill_values(service, n)
         lines += [f'{METRIC}{{service="{service}"}} {v} {start + i * STEP}' for i, v in enumerate(values)]
-    lines.append("# EOF")
-    (root / "backfill.om").write_text("\n".join(lines) + "\n")
-    subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h",
-                    str(root / "backfill.om"), str(data)], check=True, capture_output=True, text=True)
-    port = free_port()
-    (root / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-    )
-    log = (root / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
+    backfill(lines, data)
+    prom = PrometheusProcess(root, data, "global: {scrape_interval: 1s, evaluation_interval: 1s}\n")
+    prom.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:  # ready, and the self-scrape has stored a few samples
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}:\n{(root / 'prometheus.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/v1/query?query=count_over_time(up[1m])", timeout=2) as r:
-                    result = json.loads(r.read())["data"]["result"]
-                if result and float(result[0]["value"][1]) >= 3:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus had no samples after 60 s:\n{(root / 'prometheus.log').read_text()}")
-            time.sleep(0.5)
-        yield {"url": url, "port": port, "start": start, "end": end, "n": n}
+        prom.reload("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n"
+                    f"  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{prom.port}']}}]\n")
+        # a few samples of the self-scrape (a real exporter) stored
+        prom.wait_for("count_over_time(up[1m]) >= 3", what="(self-scrape)")
+        yield {"url": prom.url, "port": prom.port, "start": start, "end": end, "n": n}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        prom.stop()
 
 
 def test_live_scrape_of_a_real_exporter_loads_one_series_per_label_set(server):
