@@ -432,7 +432,8 @@ def _ns(selector: dict) -> tuple[str, dict]:
 @pytest.mark.parametrize("case", np_cases())
 def test_network_policy_admits_what_the_mode_needs(case):
     v = values_of(case)
-    np = of_kind(objects(case, "0.16"), "NetworkPolicy")[0]
+    # the predictor's own policy (the forecast loop, when enabled, adds its own)
+    (np,) = [o for o in of_kind(objects(case, "0.16"), "NetworkPolicy") if "forecast-loop" not in o["metadata"]["name"]]
     ns = np["metadata"]["namespace"]
     prom_ns = _ns(v["networkPolicy"]["metricsNamespaceSelector"])
     prom_labels = (v["networkPolicy"]["metricsPodSelector"] or {}).get("matchLabels", {})
