@@ -49,22 +49,27 @@ def history_lengths(windows: np.ndarray) -> np.ndarray:
 
 def trailing(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(windows as float64 with NaN before each one's history, history lengths), checked against MIN_HISTORY."""
-    windows = np.array(windows, dtype=np.float64)
+    windows = np.asarray(windows, dtype=np.float64)
+    if np.isfinite(windows).all():  # the usual case, kept cheap: one check, no copy
+        return windows, np.full(len(windows), windows.shape[1], dtype=np.int64)
+    windows = windows.copy()
     avail = history_lengths(windows)
     if avail.min(initial=MIN_HISTORY) < MIN_HISTORY:
         row = int(np.argmin(avail))
         raise ValueError(f"series {row} has {avail[row]} finite points at its end; at least {MIN_HISTORY} are needed")
-    short = avail < windows.shape[1]
-    if short.any():
-        cols = np.arange(windows.shape[1])
-        windows[short] = np.where(cols[None, :] < (windows.shape[1] - avail[short])[:, None], np.nan, windows[short])
+    cols = np.arange(windows.shape[1])
+    windows[cols[None, :] < (windows.shape[1] - avail)[:, None]] = np.nan
     return windows, avail
 
 
 def series_levels(windows: np.ndarray) -> np.ndarray:
     """Mean absolute value over the last day of each window (what of it is there); 1 where a series is flat zero."""
-    with np.errstate(invalid="ignore"):
-        level = np.nanmean(np.abs(windows[:, -SEASON:]), axis=1)
+    recent = np.abs(windows[:, -SEASON:])
+    if np.isnan(recent).any():
+        with np.errstate(invalid="ignore"):
+            level = np.nanmean(recent, axis=1)
+    else:
+        level = recent.mean(axis=1)
     return np.where(level > 1e-9, level, 1.0)
 
 

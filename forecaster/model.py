@@ -281,7 +281,10 @@ class QuantileForecaster:
             mid = scaled[self.median_index()]
             scaled = mid + self.spec.band_scale * (scaled - mid)  # keeps the order
         out = scaled * levels[None, :, None]
-        with np.errstate(invalid="ignore"):
-            nonneg = np.nanmin(windows, axis=1) >= 0
+        lowest = windows.min(axis=1)
+        if np.isnan(lowest).any():  # short histories: the points that are there
+            with np.errstate(invalid="ignore"):
+                lowest = np.nanmin(windows, axis=1)
+        nonneg = lowest >= 0
         out[:, nonneg] = np.maximum(out[:, nonneg], 0.0)  # clipping keeps the order
         return out.astype(np.float32)
