@@ -232,7 +232,7 @@ class QuantileForecaster:
         if params.calibration > 0:
             head, tail = _calibration_split(series, spec, params.calibration)
             if head and tail:
-                trial = cls(spec, _fit_estimators(_rows(head, spec, params, bar, "features (calibration)"),
+                trial = cls(replace(spec, band_scale=1.0), _fit_estimators(_rows(head, spec, params, bar, "features (calibration)"),
                                                   spec, params, progress, bar, "calibration"))
                 scale = trial.band_scale_for(tail, stride=max(1, params.stride * 3))
                 progress(f"band calibrated on the last {params.calibration:.0%} of each series: scale {scale:.3f}")
