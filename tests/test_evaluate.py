@@ -175,3 +175,11 @@ def test_anchors_give_ordered_quantiles_from_statsforecast_and_prophet():
         assert f.shape == (3, 1, 6) and np.all(f[0] <= f[1]) and np.all(f[1] <= f[2]), method
         assert np.all(np.abs(f[1, 0] - 50) < 15), method  # near the cycle, not a fallback to nonsense
         assert np.any(f[0] < f[2]), method  # a band, not a point
+
+
+def test_an_exploding_fitted_forecast_is_held_near_its_window():
+    windows = np.array([[10.0, 12.0, 11.0], [0.0, 0.0, 0.0]])
+    forecasts = np.array([[[1e33, 11.0]], [[5.0, -1e30]]]).transpose(0, 2, 1)  # [q=2, n=2, H=1]
+    held = baselines.sane(forecasts, windows)
+    assert held[0, 0, 0] == 12.0 + 10 * 2.0 and held[1, 0, 0] == 5.0  # inside: unchanged
+    assert held[0, 1, 0] == pytest.approx(0, abs=1e-6) and held[1, 1, 0] == pytest.approx(0, abs=1e-6)

@@ -193,7 +193,16 @@ def fitted_forecasts(method: str, windows_by_series: list[np.ndarray], horizon: 
                 np.save(cache_dir / f"{keys[i]}.npy", results[i])
             except OSError:
                 pass
-    return results  # type: ignore[return-value]
+    return [sane(f, w) for f, w in zip(results, fit_windows)]
+
+
+def sane(forecasts: np.ndarray, windows: np.ndarray, reach: float = 10.0) -> np.ndarray:
+    """Forecasts [q, n, H] held within each fitted window's range widened by `reach` times its span:
+    AutoETS now and then picks an explosive multiplicative model whose band reaches 1e33, which would
+    swamp every mean it enters; no forecast an hour ahead worth scoring goes that far."""
+    lo, hi = windows.min(axis=1), windows.max(axis=1)
+    span = np.maximum(hi - lo, 1e-9 + 1e-6 * np.abs(hi))
+    return np.clip(forecasts, (lo - reach * span)[None, :, None], (hi + reach * span)[None, :, None])
 
 
 def ets_forecasts(windows_by_series, horizon, quantiles, jobs=2, cache_dir=None, progress=None):
