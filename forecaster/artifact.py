@@ -110,6 +110,7 @@ def load(model_dir: str | Path) -> tuple[QuantileForecaster, dict]:
             step_seconds=int(card["step_seconds"]),
             feature_version=int(card["feature_version"]),
             band_scale=float(card.get("band_scale", 1.0)),
+            min_history=int(card.get("min_history", features.MIN_HISTORY)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"model card has an invalid or missing field: {exc}") from None

@@ -8,7 +8,9 @@ bytes and request rates are non-negative).
 
 Training rows: every `stride`-th window of every series, and of each window's `horizon` steps a
 seeded random choice of `steps_per_window` (neighbouring steps of one window are nearly the same
-example; sampling them keeps the row count, and the fit time, down without losing windows).
+example; sampling them keeps the row count, and the fit time, down without losing windows). A seeded
+share of the windows (`short_history`) has its history cut to a length between `min_history` and the
+window, log-uniformly, so the same trees forecast a series that has only been up for two hours.
 """
 from __future__ import annotations
 
@@ -43,12 +45,15 @@ class ForecastSpec:
     step_seconds: int = 300
     feature_version: int = features.FEATURE_VERSION
     band_scale: float = 1.0  # widens (>1) or narrows the band around the median; set by calibration
+    min_history: int = features.MIN_HISTORY  # fewest points a request may send (shorter ones are NaN-padded)
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError("horizon must be at least 1")
         if self.window < features.min_window(self.horizon):
             raise ValueError(f"window must be at least {features.min_window(self.horizon)} points")
+        if not features.MIN_HISTORY <= self.min_history <= self.window:
+            raise ValueError(f"min_history must be between {features.MIN_HISTORY} and the window")
         qs = tuple(float(q) for q in self.quantiles)
         if not qs or any(not 0 < q < 1 for q in qs) or len(set(qs)) != len(qs):
             raise ValueError("quantiles must be distinct values strictly between 0 and 1")
@@ -76,13 +81,27 @@ class TrainingParams:
     random_state: int = 0
     jobs: int = 0  # processes fitting quantiles in parallel; 0: one per core (at most one per quantile)
     calibration: float = 0.2  # share of each series' end held out to calibrate the band width; 0: off
+    short_history: float = 0.3  # share of training windows cut to a random shorter history
     extra: dict = field(default_factory=dict)
 
 
+def shorten(windows: np.ndarray, share: float, min_history: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of windows with a random `share` of them NaN before a log-uniform history length."""
+    n, width = windows.shape
+    if share <= 0 or width <= min_history:
+        return windows
+    cut = rng.random(n) < share
+    lengths = np.exp(rng.uniform(np.log(min_history), np.log(width), n)).astype(np.int64)
+    out = np.array(windows, dtype=np.float64)
+    out[np.arange(width)[None, :] < np.where(cut, width - lengths, 0)[:, None]] = np.nan
+    return out
+
+
 def training_rows(series: Iterable[np.ndarray], spec: ForecastSpec, stride: int, steps_per_window: int | None = None,
-                  random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  random_state: int = 0, short_history: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Windows of every series (one origin per `stride` points), each with `steps_per_window` of its next
-    `horizon` points (all of them when None), as feature rows and scaled, anchored targets."""
+    `horizon` points (all of them when None), as feature rows and scaled, anchored targets; a
+    `short_history` share of the windows keeps only a random part of its history (`shorten`)."""
     rng = np.random.default_rng(random_state)
     keep = spec.horizon if not steps_per_window else min(steps_per_window, spec.horizon)
     xs, ys = [], []
@@ -93,6 +112,7 @@ def training_rows(series: Iterable[np.ndarray], spec: ForecastSpec, stride: int,
             continue
         blocks = np.lib.stride_tricks.sliding_window_view(values, span)[::stride]
         windows, future = blocks[:, : spec.window], blocks[:, spec.window :]
+        windows = shorten(windows, short_history, spec.min_history, rng)
         x, levels = features.make_features(windows, spec.horizon)
         y = future / levels[:, None] - features.anchors(windows, levels)[:, None]  # [n, H]
         x = x.reshape(len(windows), spec.horizon, -1)
@@ -141,7 +161,7 @@ def _rows(series: list[np.ndarray], spec: ForecastSpec, params: TrainingParams, 
     for values in series:
         if len(values) >= spec.window + spec.horizon:
             parts.append(training_rows([values], spec, params.stride, params.steps_per_window,
-                                       params.random_state + len(parts)))
+                                       params.random_state + len(parts), params.short_history))
         if stage:
             stage.update(1)
     if stage:
@@ -212,7 +232,7 @@ class QuantileForecaster:
         if params.calibration > 0:
             head, tail = _calibration_split(series, spec, params.calibration)
             if head and tail:
-                trial = cls(spec, _fit_estimators(_rows(head, spec, params, bar, "features (calibration)"),
+                trial = cls(replace(spec, band_scale=1.0), _fit_estimators(_rows(head, spec, params, bar, "features (calibration)"),
                                                   spec, params, progress, bar, "calibration"))
                 scale = trial.band_scale_for(tail, stride=max(1, params.stride * 3))
                 progress(f"band calibrated on the last {params.calibration:.0%} of each series: scale {scale:.3f}")
@@ -240,10 +260,16 @@ class QuantileForecaster:
         return int(np.argmin([abs(q - 0.5) for q in self.spec.quantiles]))
 
     def predict(self, windows: np.ndarray, threads: int = 1) -> np.ndarray:
-        """Forecast quantiles for windows [n, >=window] -> float32 [n_quantiles, n, horizon], never crossing.
+        """Forecast quantiles for windows [n, >=min_history] -> float32 [n_quantiles, n, horizon], never crossing.
 
+        Only each window's last `spec.window` points count. A shorter history is padded with NaN on the
+        left, or may come padded: the points up to a window's last NaN are not there (`features`).
         `threads` > 1 lets a large batch use more cores."""
-        windows = np.asarray(windows, dtype=np.float64)[:, -self.spec.window :]
+        windows = np.asarray(windows, dtype=np.float64)
+        if windows.shape[1] < self.spec.window:
+            pad = np.full((len(windows), self.spec.window - windows.shape[1]), np.nan)
+            windows = np.concatenate([pad, windows], axis=1)
+        windows = windows[:, -self.spec.window :]
         x, levels = features.make_features(windows, self.spec.horizon)
         n, h = len(windows), self.spec.horizon
         if self._trees is None:
@@ -255,6 +281,10 @@ class QuantileForecaster:
             mid = scaled[self.median_index()]
             scaled = mid + self.spec.band_scale * (scaled - mid)  # keeps the order
         out = scaled * levels[None, :, None]
-        nonneg = windows.min(axis=1) >= 0
+        lowest = windows.min(axis=1)
+        if np.isnan(lowest).any():  # short histories: the points that are there
+            with np.errstate(invalid="ignore"):
+                lowest = np.nanmin(windows, axis=1)
+        nonneg = lowest >= 0
         out[:, nonneg] = np.maximum(out[:, nonneg], 0.0)  # clipping keeps the order
         return out.astype(np.float32)

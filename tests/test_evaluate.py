@@ -102,7 +102,7 @@ def test_evaluate_writes_report_plots_and_card_summary(small_csv_set, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = tmp_path / "report"
     proc = run("-m", "training.evaluate", "--data", str(small_csv_set), "--model", str(model), "--report", str(report),
-               "--every", "48", "--plots", "2", "--cache-dir", "")
+               "--every", "48", "--plots", "2", "--cache-dir", "", "--no-anchors", "--no-prophet")
     assert proc.returncode == 0, proc.stderr
     data = json.loads((report / "report.json").read_text())
     assert data["n_series"] == 3 and data["leak"] is None
@@ -113,7 +113,7 @@ def test_evaluate_writes_report_plots_and_card_summary(small_csv_set, tmp_path):
     assert data["overall"]["last_value"]["coverage"] is None and 0 <= data["overall"]["model"]["coverage"] <= 1
     assert {"mase_vs_ets", "mase_vs_last_value", "coverage", "pinball_below_every_baseline"} <= set(data["targets"])
     md = (report / "report.md").read_text()
-    assert "| model |" in md and "| ETS |" in md and "MASE (p50)" in md
+    assert "| model |" in md and "| ETS (statsmodels) |" in md and "MASE (p50)" in md
     assert (report / "error_by_step.png").stat().st_size > 1000
     plots = sorted(p.name for p in report.glob("series_*.png"))
     assert len(plots) == 3 and plots == sorted(s["plot"] for s in data["series"])
@@ -126,11 +126,60 @@ def test_evaluate_refuses_a_model_that_saw_the_test_span(small_csv_set, tmp_path
     model = tmp_path / "model"
     assert run("-m", "training", "--data", str(small_csv_set), "--max-iter", "10", "--jobs", "1", "--out", str(model)).returncode == 0
     proc = run("-m", "training.evaluate", "--data", str(small_csv_set), "--model", str(model),
-               "--report", str(tmp_path / "r"), "--no-ets", "--plots", "0")
+               "--report", str(tmp_path / "r"), "--no-ets", "--no-anchors", "--no-prophet", "--plots", "0")
     assert proc.returncode == 2 and "refusing to backtest" in proc.stderr and "--holdout 0.2" in proc.stderr
     proc = run("-m", "training.evaluate", "--data", str(small_csv_set), "--model", str(model),
-               "--report", str(tmp_path / "r"), "--no-ets", "--plots", "0", "--allow-seen-data")
+               "--report", str(tmp_path / "r"), "--no-ets", "--no-anchors", "--no-prophet", "--plots", "0",
+               "--allow-seen-data")
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "saw" in data["leak"] and "Warning" in (tmp_path / "r" / "report.md").read_text()
     assert json.loads((model / "model-card.json").read_text())["backtest"]["seen_test_data"] is True
+
+
+def test_sources_group_series_by_where_they_come_from():
+    assert evaluate.source_of("ec2_cpu_utilization_24ae8d") == evaluate.source_of("ec2_cpu_utilization_fe7f93")
+    assert evaluate.source_of("ec2_network_in_5abac7#1") == "ec2_network_in"
+    assert evaluate.source_of("Twitter_volume_AAPL") == evaluate.source_of("Twitter_volume_GOOG") == "Twitter_volume"
+    assert evaluate.source_of("grok_asg_anomaly") == "grok_asg_anomaly"
+
+
+def test_leave_series_out_trains_without_the_fold_and_scores_short_histories(small_csv_set, tmp_path):
+    """Three synthetic series from three sources: three folds, each model trained on the other two;
+    the cold-start rows forecast from 24 and 72 points."""
+    report = tmp_path / "lso"
+    proc = run("-m", "training.evaluate", "--data", str(small_csv_set), "--leave-series-out", "--no-temporal",
+               "--report", str(report), "--every", "48", "--plots", "0", "--cache-dir", "", "--no-ets",
+               "--no-anchors", "--no-prophet", "--histories", "24,72", "--param", "max_iter=10",
+               "--param", "stride=24")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((report / "report.json").read_text())
+    lso = data["leave_series_out"]
+    assert len(lso["folds"]) == 3 and all(len(v) == 1 for v in lso["folds"].values())
+    assert proc.stderr.count("trained on 2 in") == 3
+    assert lso["training"]["max_iter"] == 10 and "overall" not in data
+    assert lso["wins"]["n_series"] == 3 and 0 <= lso["wins"]["last_value"] <= 3
+    assert set(data["cold_start"]) == {"2 h", "6 h", "full"}
+    for label in ("2 h", "6 h"):
+        assert data["cold_start"][label]["model"]["mase"] > 0 and 0 <= data["cold_start"][label]["model"]["coverage"] <= 1
+    md = (report / "report.md").read_text()
+    assert "## Leave-series-out" in md and "## Cold start" in md and "| 2 h |" in md
+
+
+def test_anchors_give_ordered_quantiles_from_statsforecast_and_prophet():
+    pytest.importorskip("statsforecast")
+    pytest.importorskip("prophet")
+    y = 50 + 10 * np.sin(np.arange(576) * 2 * np.pi / 288) + np.random.default_rng(0).normal(0, 1, 576)
+    for method in baselines.ANCHORS:
+        (f,) = baselines.fitted_forecasts(method, [y[None, :]], 6, (0.1, 0.5, 0.9), jobs=1)
+        assert f.shape == (3, 1, 6) and np.all(f[0] <= f[1]) and np.all(f[1] <= f[2]), method
+        assert np.all(np.abs(f[1, 0] - 50) < 15), method  # near the cycle, not a fallback to nonsense
+        assert np.any(f[0] < f[2]), method  # a band, not a point
+
+
+def test_an_exploding_fitted_forecast_is_held_near_its_window():
+    windows = np.array([[10.0, 12.0, 11.0], [0.0, 0.0, 0.0]])
+    forecasts = np.array([[[1e33, 11.0]], [[5.0, -1e30]]]).transpose(0, 2, 1)  # [q=2, n=2, H=1]
+    held = baselines.sane(forecasts, windows)
+    assert held[0, 0, 0] == 12.0 + 10 * 2.0 and held[1, 0, 0] == 5.0  # inside: unchanged
+    assert held[0, 1, 0] == pytest.approx(0, abs=1e-6) and held[1, 1, 0] == pytest.approx(0, abs=1e-6)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from forecaster import features
+from forecaster import artifact, features, model
 from forecaster.model import ForecastSpec, quantile_name
 from training.sources import csv_files, regularize, synthetic
 
@@ -92,3 +92,31 @@ def test_training_cli_reports_bad_data(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training", "--data", str(tmp_path), "--out", str(tmp_path / "m")],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "no .csv files" in proc.stderr
+
+
+def test_forecasts_from_short_histories(model_dir):
+    """Cold start: from min_history points up, a short history is the same forecast whether it comes
+    short or NaN-padded to the window; a band that never crosses; fewer points are refused."""
+    forecaster, card = artifact.load(model_dir)
+    assert card["min_history"] == features.MIN_HISTORY == forecaster.spec.min_history
+    rng = np.random.default_rng(4)
+    for points in (features.MIN_HISTORY, 72, 300):
+        short = rng.uniform(50, 150, size=(5, points))
+        padded = np.concatenate([np.full((5, card["window"] - points), np.nan), short], axis=1)
+        out = forecaster.predict(short)
+        assert out.shape == (3, 5, card["horizon"]) and np.all(np.isfinite(out)) and np.all(np.diff(out, axis=0) >= 0)
+        np.testing.assert_array_equal(out, forecaster.predict(padded))
+    # the history a window holds changes the forecast: the day-ago features are there only for a full window
+    full = rng.uniform(50, 150, size=(1, card["window"]))
+    assert not np.array_equal(forecaster.predict(full), forecaster.predict(full[:, -100:]))
+    with pytest.raises(ValueError, match=f"at least {features.MIN_HISTORY}"):
+        forecaster.predict(rng.uniform(50, 150, size=(2, features.MIN_HISTORY - 1)))
+
+
+def test_training_cuts_a_share_of_windows_short():
+    windows = np.ones((4000, 336))
+    cut = model.shorten(windows, 0.3, features.MIN_HISTORY, np.random.default_rng(0))
+    lengths = features.history_lengths(cut)
+    assert 0.27 < np.mean(lengths < 336) < 0.33 and lengths.min() >= features.MIN_HISTORY
+    assert np.median(lengths[lengths < 336]) < 120  # log-uniform: short histories are common
+    assert np.array_equal(model.shorten(windows, 0.0, features.MIN_HISTORY, np.random.default_rng(0)), windows)

@@ -1,9 +1,17 @@
-"""`python -m training.evaluate --data PATH --model MODEL_DIR --report DIR`: a rolling-origin backtest.
+"""`python -m training.evaluate`: rolling-origin backtests of the model against baselines.
 
-For every series, the last HOLDOUT (default 20%) of its points is the test span. Origins are placed
-every EVERY points (default 12: hourly at a 5-minute step) from the start of the test span; at each
-origin the model and the baselines forecast the next H points from the history before the origin,
-and the forecasts are scored against what happened:
+Two questions, two tables:
+
+- temporal (`--model DIR`, or a model trained here on the first 80%): for every series the last
+  HOLDOUT (default 20%) is the test span, and the model was fitted on the part before it;
+- leave-series-out (`--leave-series-out`): the series are grouped by source (`source_of`: the name
+  without its instance id, so the eight `ec2_cpu_utilization_*` series are one group); each group in
+  turn is left out, a model is trained on every other group's series, whole, and backtested on the
+  left-out group's test span. This is what a team gets on metrics the model has never seen. With
+  `--histories`, it is also scored from short histories (cold start: 2 h, 6 h, a day of points).
+
+Origins are placed every EVERY points (default 12: hourly at a 5-minute step) from the start of the
+test span; at each origin every method forecasts the next H points from the history before it:
 
 - MASE of the median, scaled by the in-sample (pre-test) mean absolute error of the daily
   seasonal-naive forecast: below 1 beats "same time yesterday" as measured on the training part;
@@ -12,8 +20,9 @@ and the forecasts are scored against what happened:
 - coverage: the fraction of actual points inside the outer band (p10-p90), 0.8 is ideal.
 
 Overall figures are the mean over series (each series counts once, whatever its length).
-Baselines on exactly the same windows: last value, seasonal naive (same time yesterday) and ETS
-(`training.baselines`). Point baselines count as every quantile and have no band.
+Baselines on exactly the same origins (`training.baselines`): last value, seasonal naive, ETS and
+the anchors (statsforecast AutoARIMA, AutoTheta, AutoETS; Prophet), the fitted ones on the trailing
+two days (or the short history), cached on disk. Point baselines count as every quantile and have no band.
 
 The model must not have seen the test span: the card records the holdout it was trained with
 (`python -m training --holdout 0.2`); evaluating a model whose card shows it trained on the same
@@ -22,8 +31,10 @@ series' test span is refused unless --allow-seen-data (the report then says so).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -33,15 +44,20 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from forecaster import artifact
-from forecaster.model import quantile_name
+from forecaster.model import ForecastSpec, QuantileForecaster, TrainingParams, quantile_name
 
 from . import baselines, metrics, sources
-from .train import holdout_split
+from .train import apply_holdout, holdout_split
 
 MODEL = "model"
-METHODS = (MODEL, "last_value", "seasonal_naive", "ets")
-POINT_METHODS = {"last_value", "seasonal_naive"}
-TARGETS = {"mase_vs_ets": 0.90, "mase_vs_last_value": 0.85, "coverage": (0.75, 0.85)}
+POINT_METHODS = ("last_value", "seasonal_naive")
+STATS_ANCHORS = ("auto_arima", "auto_theta", "auto_ets")  # "the best anchor" is the best of these
+METHODS = (MODEL, *POINT_METHODS, "ets", *baselines.ANCHORS)
+NAMES = {MODEL: "model", "last_value": "last value", "seasonal_naive": "seasonal naive", "ets": "ETS (statsmodels)",
+         "auto_arima": "AutoARIMA", "auto_theta": "AutoTheta", "auto_ets": "AutoETS", "prophet": "Prophet"}
+TARGETS = {"mase_vs_ets": 0.90, "mase_vs_last_value": 0.85, "coverage": (0.75, 0.85),
+           "mase_vs_best_anchor": 0.90, "series_share": 2 / 3}
+HISTORY_LABELS = {24: "2 h", 72: "6 h", 288: "1 day"}
 
 
 def _progress(total: int, desc: str):
@@ -72,17 +88,28 @@ def backtest_windows(values: np.ndarray, window: int, horizon: int, holdout: flo
     return split, origins, windows, actuals
 
 
+def history_before(values: np.ndarray, origins: np.ndarray, points: int) -> np.ndarray:
+    """The last `points` before each origin (fewer if the series starts later), [n, points]."""
+    points = int(min(points, origins.min()))
+    return np.stack([values[o - points : o] for o in origins])
+
+
+def source_of(name: str) -> str:
+    """A series' source: its name without a piece suffix (#k) and a trailing instance id (hex or ticker)."""
+    base = re.sub(r"#\d+$", "", name)
+    return re.sub(r"_(?:[0-9a-f]{6}|[A-Z]{2,5})$", "", base)
+
+
 def score(actual: np.ndarray, forecast_q: np.ndarray, quantiles: tuple[float, ...], scale: float,
           point: bool) -> dict:
     mid = forecast_q[int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))]
-    out = {
+    return {
         "mase": metrics.mase(actual, mid, scale),
         "smape": metrics.smape(actual, mid),
         "pinball": metrics.pinball(actual, forecast_q, quantiles) / scale,
         "coverage": None if point else metrics.coverage(actual, forecast_q[0], forecast_q[-1]),
         "mae_by_step": (np.abs(actual - mid).mean(axis=0) / scale).tolist(),
     }
-    return out
 
 
 def check_leak(card: dict, series_names: list[str], holdout: float) -> str | None:
@@ -113,20 +140,40 @@ def overall_of(per_series: list[dict]) -> dict:
     return out
 
 
-def check_targets(overall: dict) -> dict:
+def wins_of(per_series: list[dict]) -> dict:
+    """Per method: on how many series the model's MASE is lower; and on how many it is at most 0.90 x the
+    best statistical anchor's of that series."""
+    wins = {m: sum(s["metrics"][MODEL]["mase"] < s["metrics"][m]["mase"] for s in per_series)
+            for m in METHODS[1:] if all(m in s["metrics"] for s in per_series)}
+    if all(a in s["metrics"] for a in STATS_ANCHORS for s in per_series):
+        wins["within_0.90_of_best_anchor"] = sum(
+            s["metrics"][MODEL]["mase"] <= TARGETS["mase_vs_best_anchor"] * min(s["metrics"][a]["mase"] for a in STATS_ANCHORS)
+            for s in per_series)
+    return {"n_series": len(per_series), **wins}
+
+
+def check_targets(overall: dict, wins: dict | None = None) -> dict:
     m = overall[MODEL]
     checks = {}
     if "ets" in overall:
         checks["mase_vs_ets"] = {"ratio": m["mase"] / overall["ets"]["mase"], "max": TARGETS["mase_vs_ets"]}
     checks["mase_vs_last_value"] = {"ratio": m["mase"] / overall["last_value"]["mase"],
                                     "max": TARGETS["mase_vs_last_value"]}
+    if all(a in overall for a in STATS_ANCHORS):
+        best = min(STATS_ANCHORS, key=lambda a: overall[a]["mase"])
+        checks["mase_vs_best_anchor"] = {"ratio": m["mase"] / overall[best]["mase"], "anchor": best,
+                                         "max": TARGETS["mase_vs_best_anchor"]}
     for c in checks.values():
         c["ok"] = bool(c["ratio"] <= c["max"])
+    if wins and "within_0.90_of_best_anchor" in wins:
+        share = wins["within_0.90_of_best_anchor"] / wins["n_series"]
+        checks["series_within_0.90_of_best_anchor"] = {"share": share, "min": TARGETS["series_share"],
+                                                      "ok": bool(share >= TARGETS["series_share"] - 1e-9)}
     lo, hi = TARGETS["coverage"]
     checks["coverage"] = {"value": m["coverage"], "min": lo, "max": hi, "ok": bool(lo <= m["coverage"] <= hi)}
-    worst = {k: v["pinball"] for k, v in overall.items() if k != MODEL}
-    checks["pinball_below_every_baseline"] = {"model": m["pinball"], "baselines": worst,
-                                              "ok": bool(all(m["pinball"] < v for v in worst.values()))}
+    others = {k: v["pinball"] for k, v in overall.items() if k != MODEL}
+    checks["pinball_below_every_baseline"] = {"model": m["pinball"], "baselines": others,
+                                              "ok": bool(all(m["pinball"] < v for v in others.values()))}
     checks["all_ok"] = all(c["ok"] for c in checks.values())
     return checks
 
@@ -135,32 +182,74 @@ def _fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _overall_table(overall: dict, wins: dict | None = None) -> list[str]:
+    head = "| method | MASE (p50) | sMAPE % | pinball (scaled) | p10–p90 coverage |"
+    lines = [head + (" model wins (series) |" if wins else ""), "|---" * (5 + bool(wins)) + "|"]
+    for method, m in overall.items():
+        row = (f"| {NAMES[method]} | {_fmt(m['mase'])} | {_fmt(m['smape'], 1)} | {_fmt(m['pinball'], 4)} "
+               f"| {_fmt(m['coverage'])} |")
+        if wins:
+            row += f" {wins[method]}/{wins['n_series']} |" if method in wins else " |"
+        lines.append(row)
+    return lines
+
+
+def _targets_line(targets: dict) -> str:
+    parts = []
+    for k, v in targets.items():
+        if not isinstance(v, dict):
+            continue
+        detail = next((f"{v[f]:.3f}" for f in ("ratio", "share", "value") if f in v), "")
+        parts.append(f"{k} {detail} {'ok' if v['ok'] else 'MISSED'}".replace("  ", " "))
+    return "Targets: " + "; ".join(parts)
+
+
+def _series_table(per_series: list[dict]) -> list[str]:
+    methods = [m for m in METHODS if all(m in s["metrics"] for s in per_series)]
+    lines = ["| series | windows | " + " | ".join(NAMES[m] for m in methods) + " | model coverage |",
+             "|---" * (len(methods) + 3) + "|"]
+    for s in per_series:
+        m = s["metrics"]
+        lines.append(f"| {s['name']} | {s['windows']} | " + " | ".join(_fmt(m[k]["mase"]) for k in methods)
+                     + f" | {_fmt(m[MODEL]['coverage'])} |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
-    names = {MODEL: "model", "last_value": "last value", "seasonal_naive": "seasonal naive", "ets": "ETS"}
-    lines = [f"# Backtest of {report['model']['name']} {report['model']['version']}", ""]
-    lines += [f"Data: `{report['data']}`; test span: last {report['holdout']:g} of each series; origins every "
-              f"{report['every']} points; horizon {report['horizon']}; {report['n_series']} series, "
-              f"{report['n_windows']} windows. Overall = mean over series.", ""]
+    lines = [f"# Backtest: {report['data']}", ""]
+    lines += [f"Test span: last {report['holdout']:g} of each series; origins every {report['every']} points; "
+              f"horizon {report['horizon']}; {report['n_series']} series, {report['n_windows']} windows. "
+              "Overall = mean over series. Fitted baselines on the trailing "
+              f"{baselines.FIT_POINTS} points at each origin.", ""]
     if report.get("leak"):
         lines += [f"**Warning: {report['leak']}. These numbers are optimistic.**", ""]
-    lines += ["| method | MASE (p50) | sMAPE % | pinball (scaled) | p10–p90 coverage |", "|---|---|---|---|---|"]
-    for method, m in report["overall"].items():
-        lines.append(f"| {names[method]} | {_fmt(m['mase'])} | {_fmt(m['smape'], 1)} | {_fmt(m['pinball'], 4)} "
-                     f"| {_fmt(m['coverage'])} |")
-    t = report["targets"]
-    lines += ["", "Targets: " + "; ".join(
-        f"{k} {'ok' if v['ok'] else 'MISSED'}" for k, v in t.items() if isinstance(v, dict)), ""]
-    lines += ["## Per series (MASE of p50; model coverage)", "",
-              "| series | windows | model | last value | seasonal naive | ETS | coverage |",
-              "|---|---|---|---|---|---|---|"]
-    for s in report["series"]:
-        m = s["metrics"]
-        lines.append(f"| {s['name']} | {s['windows']} | " + " | ".join(
-            _fmt(m[k]["mase"]) if k in m else "—" for k in METHODS) + f" | {_fmt(m[MODEL]['coverage'])} |")
-    lines += ["", "## Plots", "", "![error by horizon step](error_by_step.png)", ""]
-    for s in report["series"]:
-        if s.get("plot"):
-            lines.append(f"- [{s['name']}]({s['plot']})")
+    if "overall" in report:
+        lines += [f"## Temporal (model {report['model']['name']} {report['model']['version']})", ""]
+        lines += _overall_table(report["overall"]) + ["", _targets_line(report["targets"]), ""]
+    lso = report.get("leave_series_out")
+    if lso:
+        lines += ["## Leave-series-out", "", "Folds (left out together): " + "; ".join(
+            f"{k} ({len(v)})" for k, v in lso["folds"].items()) + f". Training: {lso['training']}", ""]
+        lines += _overall_table(lso["overall"], lso["wins"]) + ["", _targets_line(lso["targets"]), ""]
+    cold = report.get("cold_start")
+    if cold:
+        methods = [m for m in METHODS if m not in POINT_METHODS and all(m in c for c in cold.values())]
+        lines += ["## Cold start (leave-series-out models): MASE of p50 by history available", "",
+                  "| history | " + " | ".join(NAMES[m] for m in methods) + " | model pinball | best anchor pinball | model coverage |",
+                  "|---" * (len(methods) + 4) + "|"]
+        for label, c in cold.items():
+            best = min((a for a in STATS_ANCHORS if a in c), key=lambda a: c[a]["pinball"], default=None)
+            lines.append(f"| {label} | " + " | ".join(_fmt(c[m]["mase"]) for m in methods)
+                         + f" | {_fmt(c[MODEL]['pinball'], 4)} | {_fmt(c[best]['pinball'], 4) if best else '—'} "
+                         f"| {_fmt(c[MODEL]['coverage'])} |")
+        lines.append("")
+    if "series" in report:
+        lines += ["## Temporal, per series (MASE of p50)", ""] + _series_table(report["series"]) + [""]
+    if lso:
+        lines += ["## Leave-series-out, per series (MASE of p50)", ""] + _series_table(lso["series"]) + [""]
+    if report.get("plots"):
+        lines += ["## Plots", "", "![error by horizon step](error_by_step.png)", ""]
+        lines += [f"- [{s['name']}]({s['plot']})" for s in report["series"] if s.get("plot")]
     lines += ["", f"Timing: {json.dumps(report['timing'])}", ""]
     path.write_text("\n".join(lines))
 
@@ -216,84 +305,169 @@ def plot_all(report_dir: Path, series_data: list[dict], overall: dict, quantiles
         plt.close(fig)
 
 
-def evaluate(series, model_dir: Path, report_dir: Path, data_desc: str, holdout: float = 0.2, every: int = 12,
-             jobs: int = 2, cache_dir: Path | None = None, with_ets: bool = True, plots: int = 3,
-             allow_seen_data: bool = False, update_card: bool = True, log=print) -> dict:
-    started = time.perf_counter()
-    forecaster, card = artifact.load(model_dir)
-    spec = forecaster.spec
-    leak = check_leak(card, [s.name for s in series], holdout)
-    if leak and not allow_seen_data:
-        raise ValueError(f"refusing to backtest: {leak} (or pass --allow-seen-data)")
-    if leak:
-        log(f"WARNING: {leak}")
-    steps = {s.step_seconds for s in series}
-    if steps != {spec.step_seconds}:
-        log(f"WARNING: data step(s) {sorted(steps)}s differ from the model's {spec.step_seconds}s")
-
+def series_data(series, window: int, horizon: int, holdout: float, every: int) -> tuple[list[dict], list[str]]:
     data, skipped = [], []
     for s in series:
-        split, origins, windows, actuals = backtest_windows(s.values, spec.window, spec.horizon, holdout, every)
+        split, origins, windows, actuals = backtest_windows(s.values, window, horizon, holdout, every)
         if len(origins) == 0:
             skipped.append(s.name)
             continue
         data.append({"name": s.name, "values": s.values, "split": split, "origins": origins, "windows": windows,
                      "actuals": actuals, "scale": metrics.seasonal_naive_scale(s.values[:split]), "forecasts": {}})
     if not data:
-        raise ValueError(f"no series has a test span with a full window ({spec.window}) of history before it")
-    total = sum(len(d["origins"]) for d in data)
-    timing = {}
+        raise ValueError(f"no series has a test span with a full window ({window}) of history before it")
+    return data, skipped
 
-    t = time.perf_counter()
-    bar = _progress(total, "model")
+
+def add_baselines(data: list[dict], horizon: int, quantiles, fitted: tuple[str, ...], jobs: int, cache_dir,
+                  timing: dict, history: int | None = None, key: str = "forecasts") -> None:
+    """Naive and fitted baselines into d[key] for every series, from `history` points (default: the
+    model's window for the naive ones, the trailing FIT_POINTS for the fitted ones)."""
+    nq = len(quantiles)
     for d in data:
-        with threadpool_limits(limits=1):  # OpenMP threads on a busy machine only oversubscribe it
-            d["forecasts"][MODEL] = forecaster.predict(d["windows"]).astype(np.float64)
-        d["forecasts"]["last_value"] = metrics.as_quantiles(baselines.last_value(d["windows"], spec.horizon),
-                                                            len(spec.quantiles))
-        d["forecasts"]["seasonal_naive"] = metrics.as_quantiles(
-            baselines.seasonal_naive(d["windows"], spec.horizon), len(spec.quantiles))
-        bar.update(len(d["origins"]))
-    bar.close()
-    timing["model_and_naive_seconds"] = round(time.perf_counter() - t, 2)
-
-    if with_ets:
+        windows = d["windows"] if history is None else d["windows"][:, -history:]
+        d[key]["last_value"] = metrics.as_quantiles(baselines.last_value(windows, horizon), nq)
+        d[key]["seasonal_naive"] = metrics.as_quantiles(baselines.seasonal_naive(windows, horizon), nq)
+    points = history or baselines.FIT_POINTS
+    for method in fitted:
         t = time.perf_counter()
-        bar = _progress(total, f"ETS ({jobs} processes)")
-        ets = baselines.ets_forecasts([d["windows"] for d in data], spec.horizon, spec.quantiles, jobs=jobs,
-                                      cache_dir=cache_dir, progress=bar.update)
+        total = sum(len(d["origins"]) for d in data)
+        bar = _progress(total, f"{NAMES[method]} on {points} points ({jobs} processes)")
+        out = baselines.fitted_forecasts(method, [history_before(d["values"], d["origins"], points) for d in data],
+                                         horizon, quantiles, jobs=jobs, cache_dir=cache_dir, progress=bar.update)
         bar.close()
-        for d, f in zip(data, ets):
-            d["forecasts"]["ets"] = f
-        timing["ets_seconds"] = round(time.perf_counter() - t, 2)
+        for d, f in zip(data, out):
+            d[key][method] = f
+        timing[f"{method}_{points}_seconds"] = round(time.perf_counter() - t, 2)
 
-    per_series = []
-    for d in data:
-        d["plot"] = f"series_{_safe(d['name'])}.png" if plots > 0 else None
-        per_series.append({
-            "name": d["name"], "windows": int(len(d["origins"])), "test_points": int(len(d["values"]) - d["split"]),
-            "scale": d["scale"], "plot": d["plot"],
-            "metrics": {m: score(d["actuals"], f, spec.quantiles, d["scale"], point=m in POINT_METHODS)
-                        for m, f in d["forecasts"].items()},
-        })
-    overall = overall_of(per_series)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    if plots > 0:
+
+def scored(data: list[dict], quantiles, key: str = "forecasts") -> list[dict]:
+    return [{"name": d["name"], "windows": int(len(d["origins"])), "test_points": int(len(d["values"]) - d["split"]),
+             "scale": d["scale"], "plot": d.get("plot"),
+             "metrics": {m: score(d["actuals"], f, quantiles, d["scale"], point=m in POINT_METHODS)
+                         for m, f in d[key].items()}}
+            for d in data]
+
+
+def model_forecasts(forecaster: QuantileForecaster, windows: np.ndarray) -> np.ndarray:
+    with threadpool_limits(limits=1):  # OpenMP threads on a busy machine only oversubscribe it
+        return forecaster.predict(windows).astype(np.float64)
+
+
+def leave_series_out(data: list[dict], series, spec: ForecastSpec, params: TrainingParams, histories, log,
+                     timing: dict) -> dict[str, list[str]]:
+    """Per source group: fit on every other group's series, forecast this group's windows (and from each
+    short history). Returns the folds {source: [series names]}."""
+    folds: dict[str, list[str]] = {}
+    for s in series:
+        folds.setdefault(source_of(s.name), []).append(s.name)
+    by_name = {d["name"]: d for d in data}
+    fit_seconds = []
+    for k, (source, names) in enumerate(folds.items()):
+        train = [s.values for s in series if source_of(s.name) != source and len(s.values) >= spec.window + spec.horizon]
         t = time.perf_counter()
-        plot_all(report_dir, data, overall, spec.quantiles, plots)
+        forecaster = QuantileForecaster.fit(train, spec, params)
+        fit_seconds.append(time.perf_counter() - t)
+        log(f"fold {k + 1}/{len(folds)}: left out {source} ({len(names)} series), trained on {len(train)} "
+            f"in {fit_seconds[-1]:.1f}s, band scale {forecaster.spec.band_scale:.3f}")
+        for name in names:
+            d = by_name.get(name)
+            if d is None:
+                continue
+            d["lso"][MODEL] = model_forecasts(forecaster, d["windows"])
+            for h in histories:
+                d[f"cold_{h}"][MODEL] = model_forecasts(forecaster, d["windows"][:, -h:])
+    timing["lso_fit_seconds_per_fold"] = [round(x, 1) for x in fit_seconds]
+    return folds
+
+
+def evaluate(series, model_dir: Path | None, report_dir: Path, data_desc: str, holdout: float = 0.2, every: int = 12,
+             jobs: int = 2, cache_dir: Path | None = None, with_ets: bool = True, anchors: tuple[str, ...] = (),
+             plots: int = 3, allow_seen_data: bool = False, update_card: bool = True,
+             lso: bool = False, histories: tuple[int, ...] = (), params: TrainingParams | None = None,
+             spec: ForecastSpec | None = None, temporal: bool = True, log=print) -> dict:
+    started = time.perf_counter()
+    timing: dict = {}
+    params = params or TrainingParams()
+    report: dict = {"data": data_desc, "holdout": holdout, "every": every}
+    card, leak, forecaster = None, None, None
+    if model_dir is not None:
+        forecaster, card = artifact.load(model_dir)
+        spec = forecaster.spec
+        leak = check_leak(card, [s.name for s in series], holdout)
+        if leak and not allow_seen_data:
+            raise ValueError(f"refusing to backtest: {leak} (or pass --allow-seen-data)")
+        if leak:
+            log(f"WARNING: {leak}")
+    spec = spec or ForecastSpec(step_seconds=series[0].step_seconds if series else 300)
+    steps = {s.step_seconds for s in series}
+    if steps != {spec.step_seconds}:
+        log(f"WARNING: data step(s) {sorted(steps)}s differ from the model's {spec.step_seconds}s")
+    data, skipped = series_data(series, spec.window, spec.horizon, holdout, every)
+    total = sum(len(d["origins"]) for d in data)
+    fitted = (("ets",) if with_ets else ()) + tuple(anchors)
+    report |= {"horizon": spec.horizon, "window": spec.window, "quantiles": list(spec.quantiles),
+               "n_series": len(data), "n_windows": int(total), "skipped_series": skipped, "leak": leak,
+               "fitted_baselines_points": baselines.FIT_POINTS}
+
+    if temporal:
+        if forecaster is None:
+            t = time.perf_counter()
+            train = [s.values for s in apply_holdout(series, holdout) if len(s.values) >= spec.window + spec.horizon]
+            forecaster = QuantileForecaster.fit(train, spec, params)
+            timing["temporal_fit_seconds"] = round(time.perf_counter() - t, 1)
+            report["model"] = {"dir": None, "name": "trained here on the first "
+                               f"{1 - holdout:g} of every series", "version": "-"}
+        else:
+            report["model"] = {"dir": str(model_dir), "name": card.get("name"), "version": card.get("version")}
+        t = time.perf_counter()
+        for d in data:
+            d["forecasts"][MODEL] = model_forecasts(forecaster, d["windows"])
+        timing["model_seconds"] = round(time.perf_counter() - t, 2)
+    add_baselines(data, spec.horizon, spec.quantiles, fitted, jobs, cache_dir, timing)
+
+    if temporal:
+        for d in data:
+            d["plot"] = f"series_{_safe(d['name'])}.png" if plots > 0 else None
+        per_series = scored(data, spec.quantiles)
+        report |= {"overall": overall_of(per_series), "series": per_series}
+        report["targets"] = check_targets(report["overall"])
+
+    if lso:
+        for d in data:
+            d["lso"] = {k: v for k, v in d["forecasts"].items() if k != MODEL}
+            for h in histories:
+                d[f"cold_{h}"] = {}
+        folds = leave_series_out(data, series, spec, params, histories, log, timing)
+        per_series = scored(data, spec.quantiles, "lso")
+        overall, wins = overall_of(per_series), wins_of(per_series)
+        report["leave_series_out"] = {
+            "folds": folds, "training": {k: v for k, v in dataclasses.asdict(params).items() if v or k == "extra"},
+            "overall": overall, "wins": wins, "targets": check_targets(overall, wins), "series": per_series}
+        cold = {}
+        for h in histories:
+            add_baselines(data, spec.horizon, spec.quantiles, tuple(anchors), jobs, cache_dir, timing, h, f"cold_{h}")
+            cold[HISTORY_LABELS.get(h, f"{h} points")] = overall_of(scored(data, spec.quantiles, f"cold_{h}"))
+        if cold:
+            cold["full"] = {m: v for m, v in overall.items() if m not in POINT_METHODS}
+            report["cold_start"] = cold
+            short = cold[HISTORY_LABELS.get(min(histories), f"{min(histories)} points")]
+            best = [short[a]["mase"] for a in STATS_ANCHORS if a in short]
+            if best:
+                report["leave_series_out"]["targets"]["cold_start_shortest_vs_best_anchor"] = {
+                    "ratio": short[MODEL]["mase"] / min(best), "max": 1.0, "ok": bool(short[MODEL]["mase"] <= min(best))}
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if temporal and plots > 0:
+        t = time.perf_counter()
+        plot_all(report_dir, data, report["overall"], spec.quantiles, plots)
+        report["plots"] = True
         timing["plot_seconds"] = round(time.perf_counter() - t, 2)
     timing["total_seconds"] = round(time.perf_counter() - started, 2)
-
-    report = {
-        "model": {"dir": str(model_dir), "name": card.get("name"), "version": card.get("version")},
-        "data": data_desc, "holdout": holdout, "every": every, "horizon": spec.horizon, "window": spec.window,
-        "quantiles": list(spec.quantiles), "n_series": len(per_series), "n_windows": int(total),
-        "skipped_series": skipped, "leak": leak,
-        "overall": overall, "targets": check_targets(overall), "series": per_series, "timing": timing,
-    }
+    report["timing"] = timing
     (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, report_dir / "report.md")
-    if update_card:
+    if update_card and card is not None and temporal:
         card["backtest"] = summary_for_card(report)
         artifact.write_card(model_dir, card)
     return report
@@ -308,18 +482,39 @@ def summary_for_card(report: dict) -> dict:
     }
 
 
+def _param(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(TrainingParams)}
+    if key not in fields or key == "extra":
+        raise argparse.ArgumentTypeError(f"unknown training parameter {key!r} (one of {', '.join(fields)})")
+    try:
+        return key, type(getattr(TrainingParams(), key))(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad value for {key}: {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sources.add_arguments(p)
-    p.add_argument("--model", required=True, help="model directory (trained with --holdout)")
+    p.add_argument("--model", help="model directory (trained with --holdout) for the temporal table; without "
+                   "it a model is trained here on the first 1-HOLDOUT of every series")
     p.add_argument("--report", required=True, help="directory for report.json, report.md and the plots")
     p.add_argument("--holdout", type=float, default=0.2, help="test span: last fraction of each series (0.2)")
     p.add_argument("--every", type=int, default=12, help="points between origins (12: hourly at 5 min)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes for the ETS fits")
+    p.add_argument("--leave-series-out", action="store_true",
+                   help="also train with each source group left out and backtest on it (the generalisation table)")
+    p.add_argument("--no-temporal", action="store_true", help="only the leave-series-out table")
+    p.add_argument("--histories", default="24,72,288",
+                   help="short histories (points) the leave-series-out models are also scored from ('' : none)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                   help="a training parameter for the models trained here, e.g. max_iter=150 (repeatable)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes for the fitted baselines")
     p.add_argument("--cache-dir", default=str(baselines.default_cache_dir()),
-                   help="cache of ETS forecasts ('' to disable)")
-    p.add_argument("--no-ets", action="store_true", help="skip the ETS baseline (fast smoke runs)")
+                   help="cache of fitted baselines' forecasts ('' to disable)")
+    p.add_argument("--no-ets", action="store_true", help="skip the statsmodels ETS baseline (fast smoke runs)")
+    p.add_argument("--no-anchors", action="store_true", help="skip statsforecast's AutoARIMA, AutoTheta, AutoETS")
+    p.add_argument("--no-prophet", action="store_true", help="skip Prophet")
     p.add_argument("--plots", type=int, default=3, help="band-vs-actual windows plotted per series (0: none)")
     p.add_argument("--allow-seen-data", action="store_true",
                    help="backtest even when the card shows the model trained on the test span (flagged)")
@@ -330,12 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.model and not args.leave_series_out:
+        print("evaluate failed: give --model, --leave-series-out or both", file=sys.stderr)
+        return 2
+    anchors = (() if args.no_anchors else STATS_ANCHORS) + (() if args.no_prophet else ("prophet",))
     try:
+        histories = tuple(int(h) for h in args.histories.split(",") if h.strip()) if args.leave_series_out else ()
         series, desc = sources.load(args)
-        evaluate(series, Path(args.model), Path(args.report), desc, holdout=args.holdout,
+        evaluate(series, Path(args.model) if args.model else None, Path(args.report), desc, holdout=args.holdout,
                  every=args.every, jobs=args.jobs, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                 with_ets=not args.no_ets, plots=args.plots, allow_seen_data=args.allow_seen_data,
-                 update_card=not args.no_card_update, log=lambda m: print(m, file=sys.stderr))
+                 with_ets=not args.no_ets, anchors=anchors, plots=args.plots, allow_seen_data=args.allow_seen_data,
+                 update_card=not args.no_card_update, lso=args.leave_series_out, histories=histories,
+                 params=TrainingParams(**dict(args.param)), temporal=not args.no_temporal,
+                 log=lambda m: print(m, file=sys.stderr))
     except (OSError, ValueError, artifact.ModelLoadError) as exc:
         print(f"evaluate failed: {exc}", file=sys.stderr)
         return 2

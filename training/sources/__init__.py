@@ -3,7 +3,7 @@
 One loader interface for the CLIs: `add_arguments(parser)` declares every source's options and
 `load(args)` returns (series, description) from whichever source the options select:
 
-- `--data PATH`: CSV files (`csv_files`);
+- `--data PATH` (repeatable): CSV files (`csv_files`);
 - `--prometheus-url URL --query PROMQL --start T --end T --step 5m`: a Prometheus server (`prometheus`);
 - neither: the built-in synthetic workload (`synthetic`).
 """
@@ -18,7 +18,8 @@ __all__ = ["Series", "regularize", "add_arguments", "load"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data source (default: the built-in synthetic workload)")
-    group.add_argument("--data", help="a CSV file or a directory of CSVs (timestamp,value)")
+    group.add_argument("--data", action="append",
+                       help="a CSV file or a directory of CSVs (timestamp,value); repeat for several")
     group.add_argument("--prometheus-url", help="base URL of a Prometheus server, e.g. http://prometheus:9090")
     group.add_argument("--query", help="PromQL expression; one series per returned label set")
     group.add_argument("--start", help="range start: RFC 3339, Unix seconds, or relative like -14d")
@@ -39,7 +40,7 @@ def load(args: argparse.Namespace) -> tuple[list[Series], str]:
     if args.data:
         from . import csv_files
 
-        return csv_files.load(args.data), f"csv:{args.data}"
+        return [s for path in args.data for s in csv_files.load(path)], "csv:" + ",".join(args.data)
     from . import synthetic
 
     return synthetic.generate(), "synthetic"
