@@ -602,15 +602,13 @@ def build_servers(names: list[str], model_dir: Path, ref_path: Path, mlserver_bi
                     label = f"{name}-w{n}"
                 servers.append(Server(label, "project", "perf-predictor", cmd, hp, gp,
                                       description=f"`python -m predictor` ({n} worker{'s' if n > 1 else ''}, defaults otherwise)"))
-        elif name in ("perf-predictor-envoy", "perf-predictor-grpcio"):  # the other gRPC fronts, for comparison
-            front = "envoy" if name.endswith("envoy") else "kserve"
+        elif name == "perf-predictor-grpcio":  # the fallback gRPC server, for comparison
             hp, gp = free_port(), free_port()
             cmd = [py, "-m", "predictor", "--model_dir", str(model_dir), "--http_port", str(hp), "--grpc_port", str(gp),
-                   "--grpc_front", front]
-            what = "Envoy in front of the REST port" if front == "envoy" else "KServe's grpcio server"
+                   "--grpc_front", "kserve"]
             servers.append(Server(name, "project", "perf-predictor", cmd, hp, gp, protocols=("grpc",),
-                                  description=f"`python -m predictor --grpc_front {front}` (1 worker): gRPC served by "
-                                  f"{what} instead of in process; gRPC rows only"))
+                                  description="`python -m predictor --grpc_front kserve` (1 worker): gRPC served by "
+                                  "KServe's grpcio server instead of the native one; gRPC rows only"))
         elif name in ("kserve-minimal", "kserve-minimal-reference"):
             hp, gp = free_port(), free_port()
             ref = name.endswith("reference")
@@ -653,8 +651,8 @@ def main() -> int:
     ap.add_argument("--retrain", action="store_true", help="retrain .cache/bench/model even if it loads")
     ap.add_argument("--work_dir", type=Path, default=REPO / ".cache" / "bench")
     ap.add_argument("--out", type=Path, default=BENCH / "results", help="where latest.md/latest.json go")
-    ap.add_argument("--servers", default="perf-predictor,perf-predictor-envoy,kserve-minimal,mlserver,mlserver-reference",
-                    help="comma-separated; also: kserve-minimal-reference, perf-predictor-grpcio")
+    ap.add_argument("--servers", default="perf-predictor,perf-predictor-grpcio,kserve-minimal,mlserver,mlserver-reference",
+                    help="comma-separated; also: kserve-minimal-reference")
     ap.add_argument("--workers", default="1,2", help="perf-predictor --workers variants, e.g. 1 or 1,2")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--scenarios", help="comma-separated subset of: " + ",".join(s.key for s in SCENARIOS))
