@@ -4,7 +4,6 @@ fixture run on the default."""
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shutil
 import signal
@@ -12,7 +11,6 @@ import socket
 import struct
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np

@@ -104,7 +104,7 @@ def known_load(two_workers, window):
         with pytest.raises(InferenceServerException):
             client.infer(MODEL_NAME, [tensor])
     for protocol, calls in (("grpc", GRPC_OK + GRPC_BAD), ("rest", REST_OK + REST_BAD_SHORT + REST_BAD_NAME)):
-        wait_for_count(lambda: value(scrape(srv), "perf_predictor_requests_total", protocol=protocol), calls)
+        wait_for_count(lambda p=protocol: value(scrape(srv), "perf_predictor_requests_total", protocol=p), calls)
     return srv
 
 
