@@ -541,8 +541,18 @@ def target_checks(rows: list[dict], me: str = "perf-predictor") -> list[tuple[st
 
 
 def write_report(path_md: Path, path_json: Path, result: dict) -> str:
+    text = render(result)
+    path_md.parent.mkdir(parents=True, exist_ok=True)
+    path_md.write_text(text)
+    path_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return text
+
+
+def render(result: dict, level: int = 1) -> str:
+    """The run as markdown: its machine and command, servers, the table, the floor, the target checks."""
     m = result["machine"]
-    lines = [f"# Serving benchmark ({result['mode']} run)", "",
+    h = "#" * level
+    lines = [f"{h} Serving benchmark ({result['mode']} run)", "",
              f"{result['finished_at']} · git {m['git']} · {m['nproc']} cores ({m['cpu']}) · load average at start "
              f"{' / '.join(f'{x:.1f}' for x in result['loadavg_start'])}, at end {' / '.join(f'{x:.1f}' for x in result['loadavg_end'])} · "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
@@ -551,10 +561,10 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
              + ("h2load (c connections, one call in flight each)" if result.get("grpc_client") == "h2load"
                 else "benchmarks/grpc_load.py (asyncio, a channel per caller; its CPU time in the last column)")
              + " · load generators share the 2 cores · every server alone, OMP_NUM_THREADS=1", "",
-             "## Servers", ""]
+             f"{h}# Servers", ""]
     for s in result["servers"]:
         lines.append(f"- **{s['name']}**: {s['description']} (ready in {fmt(s.get('ready_s'))} s)")
-    lines += ["", "## Throughput and latency", "",
+    lines += ["", f"{h}# Throughput and latency", "",
               "| server | model | protocol | scenario | req/s | series/s | p50 ms | p99 ms | errors | gRPC client CPU % |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     servers = {s["name"]: i for i, s in enumerate(result["servers"])}
@@ -568,20 +578,16 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
             lines.append(f"| {r['server']} | {r['model']} | {r['protocol']} | {r['label']} | {fmt(r['rps'])} | "
                          f"{fmt(r['rps'] * r['batch'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {r['errors']} | "
                          f"{fmt(r.get('client_cpu_pct'), 0)} |")
-    lines += ["", "## In-process featurize + predict floor (one thread)", "",
+    lines += ["", f"{h}# In-process featurize + predict floor (one thread)", "",
               "| model | batch | median ms | p99 ms | µs per series |", "|---|---:|---:|---:|---:|"]
     for model, per_batch in result["floor"].items():
         for batch, t in per_batch.items():
             lines.append(f"| {model} | {batch} | {fmt(t['median_ms'], 2)} | {fmt(t['p99_ms'], 2)} | {fmt(t['us_per_series'])} |")
-    lines += ["", "## Targets (issue 7)", ""]
+    lines += ["", f"{h}# Targets", ""]
     for name, ok, detail in result["checks"]:
         lines.append(f"- {'PASS' if ok else ('FAIL' if ok is False else 'N/A')}: {name} — {detail}")
     lines.append("")
-    text = "\n".join(lines)
-    path_md.parent.mkdir(parents=True, exist_ok=True)
-    path_md.write_text(text)
-    path_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    return text
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- main

@@ -135,13 +135,13 @@ def submit(model: PerfPredictor, request: ModelInferRequest, inline: bool,
 
 
 class Call:
-    """One ModelInfer given to the model: its reply goes to `deliver` (once) as soon as it is ready, and
+    """One ModelInfer given to the model: its reply goes to `reply` (once) as soon as it is ready, and
     only then is the call counted."""
 
-    __slots__ = ("deliver", "request", "entry")
+    __slots__ = ("reply", "request", "entry")
 
-    def __init__(self, model: PerfPredictor, deliver: Callable[[Reply], None]):
-        self.deliver = deliver
+    def __init__(self, model: PerfPredictor, reply: Callable[[Reply], None]):
+        self.reply = reply
         self.request = metrics.InFlight(model.name, "grpc", "v2_infer")
         self.entry: Optional[Pending] = None  # in the model's micro-batch queue
 
@@ -149,18 +149,18 @@ class Call:
         self.entry = None  # it held this call: a cycle the garbage collector would otherwise have to find
         if exc is None and len(message) > (send_limit := max_message_bytes("send")):
             # as grpcio's server refuses to send it; counted as a client error, reason too_large
-            self.deliver(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
+            self.reply(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
             self.request.done(413)
         elif exc is None:
-            self.deliver(Reply(0, "", framed(message)))
+            self.reply(Reply(0, "", framed(message)))
             self.request.done(200)
         elif isinstance(exc, InvalidInput):
             logger.info("rejected request: %s", exc)
-            self.deliver(Reply(INVALID_ARGUMENT, str(exc)))
+            self.reply(Reply(INVALID_ARGUMENT, str(exc)))
             self.request.done(400, reason_of(exc))
         else:  # a bug of ours: the client still gets a status
             logger.error("gRPC call failed", exc_info=exc)
-            self.deliver(Reply(INTERNAL, internal_error(exc)))
+            self.reply(Reply(INTERNAL, internal_error(exc)))
             self.request.done(500)
 
     def cancel(self) -> None:
@@ -172,21 +172,21 @@ class Call:
 
 
 def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], started: float,
-          deliver: Callable[[Reply], None]) -> Optional[Call]:
-    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `deliver` gets the reply, at
+          reply: Callable[[Reply], None]) -> Optional[Call]:
+    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `reply` gets the reply, at
     once for a call refused before the model sees it (then None is returned), else from the event loop
     when the forecast is ready."""
     try:
         request = parse(body, encoding, max_message_bytes("receive"))
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
-        return deliver(rejected("unknown", exc.status, str(exc), started))
+        return reply(rejected("unknown", exc.status, str(exc), started))
     model = registry.get_model(request.model_name)
     if not isinstance(model, PerfPredictor):  # status and message as KServe's gRPC server gives them
-        return deliver(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
+        return reply(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
     if not model.ready:
-        return deliver(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
-    call = Call(model, deliver)
+        return reply(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
+    call = Call(model, reply)
     try:
         call.entry = submit(model, request, True, call.predicted)
     except Exception as exc:  # the request's tensors are refused (InvalidInput), or a bug of ours

@@ -2,15 +2,15 @@
 the single process and in each worker process, standing where KServe's GRPCServer would.
 
 ModelInfer goes to the model by grpc_infer.start, with no task: its reply is written from the
-callback that delivers its forecast. The v2 protocol's other RPCs are answered by KServe's own
-servicer, with the statuses KServe's interceptor gives its errors. Limits: the message size flags,
+callback that delivers its forecast. KServe's own servicer replies to the v2 protocol's other RPCs,
+with the statuses KServe's interceptor gives its errors. Limits: the message size flags,
 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096 connections, caps
 on unanswered request bytes per connection and per process, and timeouts for connections that stay
 silent or idle and for calls whose request or reply stalls.
 
 On SIGTERM every connection, idle or not, gets a GOAWAY first and the server keeps serving for
 --drain_seconds (`drain_on_shutdown`), so clients move elsewhere; then a final GOAWAY, and calls in
-flight are answered within the grace period.
+flight get their replies within the grace period.
 """
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ SERVICE = "inference.GRPCInferenceService"
 MAX_HEADER_BYTES = 16 << 10  # HPACK-counted (name + value + 32 per field), as SETTINGS_MAX_HEADER_LIST_SIZE
 MAX_STREAMS = 1000  # per connection
 MAX_CONNECTIONS = 4096
-# request bytes held for calls not answered yet: per connection (or 4 messages, if more), per process
+# request bytes held for calls with no reply yet: per connection (or 4 messages, if more), per process
 MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED = 64 << 20, 256 << 20
 PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S = 10, 600  # a connection that says nothing / makes no call is closed
 CLOSE_TIMEOUT_S = 5  # a client that does not read what is left to send is cut off
 # a call whose request has not ended, or whose reply has not gone out, this long after it began or was
-# answered is reset (its bytes are held meanwhile); a connection that takes nothing for as long is cut off
+# replied to is reset (its bytes are held meanwhile); a connection that takes nothing for as long is cut off
 STALL_TIMEOUT_S = 60
 SWEEP_S = 5  # how often the timeouts above are checked
 STREAM_WINDOW, CONNECTION_WINDOW = 4 << 20, 16 << 20  # a 1,000-series request arrives without waiting
@@ -121,10 +121,10 @@ def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable
 
 
 class Stream:
-    __slots__ = ("headers", "header_bytes", "chunks", "size", "begun", "call", "task", "deadline", "answered", "since")
+    __slots__ = ("headers", "header_bytes", "chunks", "size", "begun", "call", "task", "deadline", "replied", "since")
 
     def __init__(self, headers: dict[bytes, bytes], header_bytes: int):
-        self.since = time.monotonic()  # opened; then answered
+        self.since = time.monotonic()  # opened; then replied
         self.headers = headers  # the wanted fields only (_h2.c)
         self.header_bytes = header_bytes
         self.chunks: list[bytes] = []
@@ -133,13 +133,13 @@ class Stream:
         self.call: Optional[grpc_infer.Call] = None
         self.task: Optional[asyncio.Task] = None
         self.deadline: Optional[asyncio.TimerHandle] = None  # a ModelInfer's grpc-timeout
-        self.answered = False  # a reply was submitted (a too-large body is answered before it ends)
+        self.replied = False  # a reply was submitted (a too-large body is replied before it ends)
 
     def abandon(self) -> None:
         """The client reset the call or went away: no point finishing its work."""
         if self.task is not None:
             self.task.cancel()
-        if self.call is not None and not self.answered:
+        if self.call is not None and not self.replied:
             self.call.cancel()
 
 
@@ -218,7 +218,7 @@ class NativeGRPCServer:
         return True
 
     async def stop(self, sig: Optional[int] = None) -> None:
-        """No new connections; calls in flight answered within the grace period; then every connection closes."""
+        """No new connections; calls in flight replied within the grace period; then every connection closes."""
         if self._stopping:
             return
         self._stopping = True
@@ -280,7 +280,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: NativeGRPCServer):
         self.server = server
         self.streams: dict[int, Stream] = {}
-        self.buffered = 0  # request bytes held for streams not yet answered
+        self.buffered = 0  # request bytes held for streams not yet replied
         self.spoke = False  # any bytes received
         self.last_active = time.monotonic()
         self.transport: Optional[asyncio.Transport] = None
@@ -329,7 +329,7 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for stream in self.streams.values():
             stream.abandon()
-            if not stream.answered:
+            if not stream.replied:
                 self._release(stream)
         self.streams.clear()
         if self.session is not None:
@@ -374,8 +374,8 @@ class Connection(asyncio.Protocol):
         """Resets calls whose request stopped arriving or whose reply is not being taken: their bytes
         are otherwise held as long as the connection stays open."""
         for stream_id, stream in list(self.streams.items()):
-            if now - stream.since > STALL_TIMEOUT_S and (stream.answered or not stream.begun):
-                if not stream.answered:
+            if now - stream.since > STALL_TIMEOUT_S and (stream.replied or not stream.begun):
+                if not stream.replied:
                     self._release(stream)
                 self.session.reset(stream_id, CANCEL)
         self.flush()
@@ -393,9 +393,9 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     # --- replies
-    def answer(self, stream_id: int, reply: Reply) -> None:
+    def submit_reply(self, stream_id: int, reply: Reply) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.answered or self.session is None:  # reset by the client meanwhile
+        if stream is None or stream.replied or self.session is None:  # reset by the client meanwhile
             return
         if self.notice_pending:
             self.notice_pending = False
@@ -410,8 +410,8 @@ class Connection(asyncio.Protocol):
         self._check_submitted(stream_id, submitted)
 
     def _release(self, stream: Stream) -> None:
-        """The request is answered: its bytes are no longer held."""
-        stream.answered = True
+        """The request is replied: its bytes are no longer held."""
+        stream.replied = True
         stream.since = time.monotonic()
         if stream.deadline is not None:
             stream.deadline.cancel()
@@ -429,12 +429,12 @@ class Connection(asyncio.Protocol):
         self._check_submitted(stream_id, self.session.respond(stream_id, ((b":status", status),)))
 
     def reply(self, stream_id: int, reply: Reply) -> None:
-        self.answer(stream_id, reply)
+        self.submit_reply(stream_id, reply)
         if not self.reading:
             self.flush()
 
     async def reply_when(self, stream_id: int, work: Awaitable[Reply]) -> None:
-        """The reply to a call KServe's servicer answers; never raises."""
+        """The reply to a call KServe's servicer handles; never raises."""
         try:
             reply = await work
         except asyncio.TimeoutError:
@@ -447,7 +447,7 @@ class Connection(asyncio.Protocol):
     def expire_call(self, stream_id: int) -> None:
         """A ModelInfer's grpc-timeout passed before its forecast was ready."""
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.call is not None and not stream.answered:
+        if stream is not None and stream.call is not None and not stream.replied:
             stream.call.cancel()
             self.reply(stream_id, Reply(DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
@@ -474,30 +474,30 @@ class Connection(asyncio.Protocol):
 
     def _on_data(self, stream_id: int, data: bytes) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.answered:
+        if stream is None or stream.replied:
             return  # the rest of a body already refused: dropped
         length = len(data)
         stream.size += length
         self.buffered += length
         self.server.buffered += length
         limit = grpc_infer.max_message_bytes("receive")
-        # answered before the request has all arrived; the rest of it is read and dropped (an
+        # replied before the request has all arrived; the rest of it is read and dropped (an
         # RST_STREAM NO_ERROR to stop the upload left grpcio clients with INTERNAL, not this reply)
         if stream.size > limit + 5:
-            self.answer(stream_id, grpc_infer.rejected("unknown", RESOURCE_EXHAUSTED, str(
+            self.submit_reply(stream_id, grpc_infer.rejected("unknown", RESOURCE_EXHAUSTED, str(
                 grpc_infer.too_large(stream.size - 5, limit)), time.perf_counter()))
         elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
               or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
-            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
+            self.submit_reply(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
                                                               "requests; retry later or elsewhere"))
         else:
             stream.chunks.append(data)
 
     def _on_frame(self, stream_id: int, stream: Stream, headers: bool, end: bool) -> None:
-        if stream.answered or stream.begun:
+        if stream.replied or stream.begun:
             return
         if headers and stream.header_bytes > MAX_HEADER_BYTES:
-            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
+            self.submit_reply(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
         elif not end:
             return
         elif stream.headers.get(b":method") != b"POST":
@@ -512,7 +512,7 @@ class Connection(asyncio.Protocol):
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.abandon()
-            if not stream.answered:
+            if not stream.replied:
                 self._release(stream)
 
 
@@ -522,7 +522,7 @@ def is_grpc(content_type: bytes) -> bool:
 
 class DrainFirst:
     """`drain_first(then, *args)`: on the first signal, drain `server` (GOAWAY to every connection),
-    keep serving `server.drain_s` seconds so calls arriving meanwhile are answered with the GOAWAY, then
+    keep serving `server.drain_s` seconds so calls arriving meanwhile are replied with the GOAWAY, then
     `then(*args)`, the stop it stands before. A second signal ends the wait at once. Runs in a signal
     handler, on the loop's thread."""
 
