@@ -66,7 +66,7 @@ def test_grpc_v2_inference(container, window, horizon):
     inp.set_data_from_numpy(batch)
     check_forecast({n: r for n, r in ((n, client.infer(MODEL_NAME, [inp]).as_numpy(n)) for n in OUTPUTS)},
                    3, horizon)
-    assert "(libnghttp2)" in container.logs(), "the image has libnghttp2: gRPC served in process, not by Envoy"
+    assert "(libnghttp2)" in container.logs(), "the image has libnghttp2: gRPC served in process, not by the grpcio fallback"
 
 
 def test_runs_as_non_root_on_a_read_only_root(container, image):
