@@ -57,7 +57,7 @@ RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && python -I -c "import predictor._h2" \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
-    && { find /opt/venv/lib -name '*.so*' -type f -exec strip --strip-unneeded {} + || true; } \
+    && { find /opt/venv/lib -name '*.so*' -type f -not -path '*.libs/*' -exec strip --strip-unneeded {} + || true; } \
     && python -I -c "import predictor._h2, predictor.__main__, numba, llvmlite.binding, sklearn.ensemble, kserve, uvloop" \
     && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
 
