@@ -41,8 +41,8 @@ RUN python -m training --out /mnt/models
 # The project itself, as a wheel (no dependencies: they are all in already); then trim the venv. Its one
 # compiled part, predictor/_h2.c (the native gRPC server), needs a C compiler, Python's headers and
 # libnghttp2 here; the build fails rather than ship an image whose gRPC port falls back to grpcio.
-# Shared libraries lose their symbol tables (strip --strip-unneeded: ~45 MB, mostly llvmlite's and
-# uvloop's), and the imports that serving needs are checked after.
+# Shared libraries lose their symbol tables (strip --strip-unneeded; not auditwheel's vendored *.libs,
+# which stripping breaks), and the imports that serving needs are checked after.
 # hadolint ignore=DL3008
 RUN headers=""; \
     python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
