@@ -39,14 +39,16 @@ COPY training ./training
 RUN python -m training --out /mnt/models
 
 # The project itself, as a wheel (no dependencies: they are all in already); then trim the venv. Its one
-# compiled part, predictor/_h2.c (the native gRPC front), needs a C compiler, Python's headers and
-# libnghttp2 here; the build fails rather than ship an image whose gRPC port falls back to Envoy.
+# compiled part, predictor/_h2.c (the native gRPC server), needs a C compiler, Python's headers and
+# libnghttp2 here; the build fails rather than ship an image whose gRPC port falls back to grpcio.
+# Shared libraries lose their symbol tables (strip --strip-unneeded; not auditwheel's vendored *.libs,
+# which stripping breaks), and the imports that serving needs are checked after.
 # hadolint ignore=DL3008
 RUN headers=""; \
     python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
         || headers=python3-dev; \
     apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-14 $headers \
+    && apt-get install -y --no-install-recommends gcc libc6-dev binutils libnghttp2-14 $headers \
     && rm -rf /var/lib/apt/lists/*
 COPY predictor ./predictor
 COPY pyproject.toml setup.py README* LICENSE* ./
@@ -55,7 +57,15 @@ RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && python -I -c "import predictor._h2" \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
+    && { find /opt/venv/lib -name '*.so*' -type f -not -path '*.libs/*' -exec strip --strip-unneeded {} + || true; } \
+    && python -I -c "import predictor._h2, predictor.__main__, numba, llvmlite.binding, sklearn.ensemble, kserve, uvloop" \
     && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
+
+# The forecaster's numba functions compiled now, into a cache the read-only image carries: a start-up
+# loads machine code instead of compiling it (predictor/jit_cache.py). A generic x86-64 target, so the
+# cache is valid on whatever CPU the pod lands on; each start copies it to the writable /tmp.
+ENV NUMBA_CPU_NAME=generic
+RUN NUMBA_CACHE_DIR=/opt/jit-cache python -I -m predictor.jit_cache /mnt/models
 
 # ---------------------------------------------------------------------------------------------
 # app: the slim runtime — the base image, the virtualenv, the model, a non-root user.
@@ -66,9 +76,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     TMPDIR=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PYTHONFAULTHANDLER=1
+    PYTHONFAULTHANDLER=1 \
+    NUMBA_CPU_NAME=generic \
+    NUMBA_CACHE_DIR=/tmp/jit-cache \
+    PERF_PREDICTOR_JIT_SEED=/opt/jit-cache
 
-# libnghttp2 serves the gRPC port inside the server (predictor/grpc_native.py); unpinned: the soname is
+# libnghttp2 serves the gRPC port inside the server (predictor/grpc_server.py); unpinned: the soname is
 # in the package's name, and Debian's security updates should reach the image with every rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -82,6 +95,7 @@ RUN groupadd --system --gid 10001 predictor \
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /mnt/models /mnt/models
+COPY --from=builder /opt/jit-cache /opt/jit-cache
 
 USER 10001:10001
 EXPOSE 8080 8081

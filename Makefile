@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python 3.10+:
 #   make serve   install, train the default model if there is none, serve it on 8080 (HTTP) / 8081 (gRPC)
 #   make test    install with test extras and run every test
+#   make lint    ruff (its configuration is in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -31,8 +32,12 @@ serve: $(VENV)/.installed $(MODEL_DIR)/model-card.json
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/report.py
 
 render-manifests:
 	bash manifests/render.sh

@@ -1,8 +1,8 @@
-"""The one compiled part: predictor._h2, libnghttp2's HTTP/2 session for the native gRPC front.
+"""The one compiled part: predictor._h2, libnghttp2's HTTP/2 session for the native gRPC server.
 
 It needs a C compiler, Python's headers and libnghttp2.so.14 (Debian libnghttp2-14; its -dev package is
-not needed). `optional`: where it cannot be built the install still succeeds and the server puts Envoy
-in front of the gRPC port instead (predictor/__main__.py logs why).
+not needed). `optional`: where it cannot be built the install still succeeds and KServe's grpcio server
+serves the gRPC port instead (predictor/__main__.py logs why).
 """
 from setuptools import Extension, setup
 

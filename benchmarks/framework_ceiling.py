@@ -3,9 +3,8 @@
     .venv/bin/python benchmarks/framework_ceiling.py [--duration 5]
 
 Starts, one at a time, a uvicorn ASGI app, a grpc.aio server (both on uvloop, as perf-predictor runs),
-the same ASGI app behind perf-predictor's Envoy gRPC front (predictor/grpc_front.py), and perf-predictor's
-native gRPC front (predictor/grpc_native.py: libnghttp2 in the process; skipped where predictor._h2 is not built),
-whose handlers return a fixed 240-byte reply, and loads them as
+and perf-predictor's native gRPC server (predictor/grpc_server.py: libnghttp2 in the process; skipped
+where predictor._h2 is not built), whose handlers return a fixed 240-byte reply, and loads them as
 `make bench` loads the real servers: wrk for REST, h2load for gRPC, single-series request bodies,
 concurrency 1 and 16. The gaps between the rows are the per-call costs of the frameworks, the part of
 "gRPC at least as fast as REST JSON" no model or codec work can close for small requests.
@@ -24,7 +23,6 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
-from predictor.grpc_front import INFER_PATH  # noqa: E402 (stdlib-only at import)
 
 REPLY = b"x" * 240
 
@@ -34,10 +32,7 @@ async def asgi_app(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass
-    if scope["path"] == INFER_PATH:  # a gRPC call bridged by Envoy: one framed message
-        body, content_type = b"\x00" + len(REPLY).to_bytes(4, "big") + REPLY, b"application/grpc"
-    else:
-        body, content_type = REPLY, b"application/json"
+    body, content_type = REPLY, b"application/json"
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -68,11 +63,11 @@ def native_available() -> bool:
 def serve_native(port: int) -> None:
     import uvloop
 
-    from predictor import grpc_native
-    from predictor.grpc_bridged import Reply, framed
+    from predictor import grpc_server
+    from predictor.grpc_infer import Reply, framed
 
-    class FixedReply(grpc_native.NativeGRPCServer):
-        def call(self, connection: grpc_native.Connection, stream_id: int, stream: grpc_native.Stream) -> None:
+    class FixedReply(grpc_server.NativeGRPCServer):
+        def call(self, connection: grpc_server.Connection, stream_id: int, stream: grpc_server.Stream) -> None:
             connection.reply(stream_id, Reply(0, "", framed(REPLY)))  # the front's own work only
 
     uvloop.run(FixedReply(port).start())
@@ -122,7 +117,6 @@ def main() -> int:
     stacks = {  # stack: (name, load, server command)
         "asgi": ("uvicorn + httptools, uvloop", "wrk, REST JSON body", [__file__, "--serve", "asgi"]),
         "grpc": ("grpc.aio, uvloop", grpc_load, [__file__, "--serve", "grpc"]),
-        "envoy": ("Envoy gRPC front -> the uvicorn app", grpc_load, [__file__, "--serve", "asgi"]),
         "native": ("native gRPC front: libnghttp2 in the process (predictor/_h2.c), uvloop", grpc_load,
                    [__file__, "--serve", "native"]),
     }
@@ -132,27 +126,19 @@ def main() -> int:
             continue
         proc = subprocess.Popen([sys.executable, *command, "--port", str(port)],
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-        front = None
         try:
             wait_port(port)
-            if stack == "envoy":
-                from predictor.grpc_front import EnvoyFront, free_loopback_port
-
-                front = EnvoyFront(run.free_port(), port, free_loopback_port())
-                front.start()
             rates = []
             for c in (1, 16):
                 if stack == "asgi":
                     r = run.run_wrk(wrk, f"http://127.0.0.1:{port}/", files["json"], "application/json", None, c,
                                     args.duration, 1)
                 else:
-                    server = run.Server("ceiling", "project", "ceiling", [], 0, front.grpc_port if front else port)
+                    server = run.Server("ceiling", "project", "ceiling", [], 0, port)
                     r = run.run_h2load(h2load, server, files["npy"], len(REPLY), c, args.duration, 1, work)
                 rates.append(r["rps"])
             print(f"| {name} | {load} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
         finally:
-            if front:
-                front.stop()
             proc.terminate()
             proc.wait(timeout=10)
     shutil.rmtree(work, ignore_errors=True)

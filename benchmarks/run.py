@@ -541,8 +541,18 @@ def target_checks(rows: list[dict], me: str = "perf-predictor") -> list[tuple[st
 
 
 def write_report(path_md: Path, path_json: Path, result: dict) -> str:
+    text = render(result)
+    path_md.parent.mkdir(parents=True, exist_ok=True)
+    path_md.write_text(text)
+    path_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return text
+
+
+def render(result: dict, level: int = 1) -> str:
+    """The run as markdown: its machine and command, servers, the table, the floor, the target checks."""
     m = result["machine"]
-    lines = [f"# Serving benchmark ({result['mode']} run)", "",
+    h = "#" * level
+    lines = [f"{h} Serving benchmark ({result['mode']} run)", "",
              f"{result['finished_at']} · git {m['git']} · {m['nproc']} cores ({m['cpu']}) · load average at start "
              f"{' / '.join(f'{x:.1f}' for x in result['loadavg_start'])}, at end {' / '.join(f'{x:.1f}' for x in result['loadavg_end'])} · "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
@@ -551,10 +561,10 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
              + ("h2load (c connections, one call in flight each)" if result.get("grpc_client") == "h2load"
                 else "benchmarks/grpc_load.py (asyncio, a channel per caller; its CPU time in the last column)")
              + " · load generators share the 2 cores · every server alone, OMP_NUM_THREADS=1", "",
-             "## Servers", ""]
+             f"{h}# Servers", ""]
     for s in result["servers"]:
         lines.append(f"- **{s['name']}**: {s['description']} (ready in {fmt(s.get('ready_s'))} s)")
-    lines += ["", "## Throughput and latency", "",
+    lines += ["", f"{h}# Throughput and latency", "",
               "| server | model | protocol | scenario | req/s | series/s | p50 ms | p99 ms | errors | gRPC client CPU % |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     servers = {s["name"]: i for i, s in enumerate(result["servers"])}
@@ -568,20 +578,16 @@ def write_report(path_md: Path, path_json: Path, result: dict) -> str:
             lines.append(f"| {r['server']} | {r['model']} | {r['protocol']} | {r['label']} | {fmt(r['rps'])} | "
                          f"{fmt(r['rps'] * r['batch'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {r['errors']} | "
                          f"{fmt(r.get('client_cpu_pct'), 0)} |")
-    lines += ["", "## In-process featurize + predict floor (one thread)", "",
+    lines += ["", f"{h}# In-process featurize + predict floor (one thread)", "",
               "| model | batch | median ms | p99 ms | µs per series |", "|---|---:|---:|---:|---:|"]
     for model, per_batch in result["floor"].items():
         for batch, t in per_batch.items():
             lines.append(f"| {model} | {batch} | {fmt(t['median_ms'], 2)} | {fmt(t['p99_ms'], 2)} | {fmt(t['us_per_series'])} |")
-    lines += ["", "## Targets (issue 7)", ""]
+    lines += ["", f"{h}# Targets", ""]
     for name, ok, detail in result["checks"]:
         lines.append(f"- {'PASS' if ok else ('FAIL' if ok is False else 'N/A')}: {name} — {detail}")
     lines.append("")
-    text = "\n".join(lines)
-    path_md.parent.mkdir(parents=True, exist_ok=True)
-    path_md.write_text(text)
-    path_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    return text
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- main
@@ -602,15 +608,13 @@ def build_servers(names: list[str], model_dir: Path, ref_path: Path, mlserver_bi
                     label = f"{name}-w{n}"
                 servers.append(Server(label, "project", "perf-predictor", cmd, hp, gp,
                                       description=f"`python -m predictor` ({n} worker{'s' if n > 1 else ''}, defaults otherwise)"))
-        elif name in ("perf-predictor-envoy", "perf-predictor-grpcio"):  # the other gRPC fronts, for comparison
-            front = "envoy" if name.endswith("envoy") else "kserve"
+        elif name == "perf-predictor-grpcio":  # the fallback gRPC server, for comparison
             hp, gp = free_port(), free_port()
             cmd = [py, "-m", "predictor", "--model_dir", str(model_dir), "--http_port", str(hp), "--grpc_port", str(gp),
-                   "--grpc_front", front]
-            what = "Envoy in front of the REST port" if front == "envoy" else "KServe's grpcio server"
+                   "--grpc_front", "kserve"]
             servers.append(Server(name, "project", "perf-predictor", cmd, hp, gp, protocols=("grpc",),
-                                  description=f"`python -m predictor --grpc_front {front}` (1 worker): gRPC served by "
-                                  f"{what} instead of in process; gRPC rows only"))
+                                  description="`python -m predictor --grpc_front kserve` (1 worker): gRPC served by "
+                                  "KServe's grpcio server instead of the native one; gRPC rows only"))
         elif name in ("kserve-minimal", "kserve-minimal-reference"):
             hp, gp = free_port(), free_port()
             ref = name.endswith("reference")
@@ -653,8 +657,8 @@ def main() -> int:
     ap.add_argument("--retrain", action="store_true", help="retrain .cache/bench/model even if it loads")
     ap.add_argument("--work_dir", type=Path, default=REPO / ".cache" / "bench")
     ap.add_argument("--out", type=Path, default=BENCH / "results", help="where latest.md/latest.json go")
-    ap.add_argument("--servers", default="perf-predictor,perf-predictor-envoy,kserve-minimal,mlserver,mlserver-reference",
-                    help="comma-separated; also: kserve-minimal-reference, perf-predictor-grpcio")
+    ap.add_argument("--servers", default="perf-predictor,perf-predictor-grpcio,kserve-minimal,mlserver,mlserver-reference",
+                    help="comma-separated; also: kserve-minimal-reference")
     ap.add_argument("--workers", default="1,2", help="perf-predictor --workers variants, e.g. 1 or 1,2")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--scenarios", help="comma-separated subset of: " + ",".join(s.key for s in SCENARIOS))

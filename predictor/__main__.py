@@ -71,17 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
     parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "native"),
-                        choices=["native", "envoy", "kserve"],
-                        help="what serves --grpc_port: libnghttp2 inside this process (predictor/grpc_native.py; "
-                             "envoy where the library is missing), envoy in front of this server "
-                             "(predictor/grpc_front.py), or KServe's grpcio server (env PERF_PREDICTOR_GRPC_FRONT)")
+                        choices=["native", "kserve"],
+                        help="what serves --grpc_port: libnghttp2 inside this process (predictor/grpc_server.py; "
+                             "kserve where it was not built), or KServe's grpcio server (env PERF_PREDICTOR_GRPC_FRONT)")
     parser.add_argument("--drain_seconds", type=non_negative_int, default=env_flag("PERF_PREDICTOR_DRAIN_SECONDS", "2"),
                         help="on SIGTERM, keep serving this long after telling gRPC clients (HTTP/2 GOAWAY) to move, "
-                             "so they go elsewhere before the server stops; native and envoy fronts (env "
+                             "so they go elsewhere before the server stops; native server (env "
                              "PERF_PREDICTOR_DRAIN_SECONDS)")
-    parser.add_argument("--internal_grpc_port", type=int, default=0,
-                        help="with --grpc_front envoy: KServe's gRPC server, which envoy sends every RPC but "
-                             "ModelInfer to (0: a free port)")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecaster.artifact import ModelLoadError
 
-    from . import grpc_fastpath, grpc_front, grpc_native, logs, workers
+    from . import grpc_infer, grpc_server, logs, rest, workers
     from .model import PerfPredictor
 
     log = logging.getLogger("perf_predictor")
@@ -128,43 +124,32 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         log.error("model %s not loaded from %s: %s", args.model_name, args.model_dir, exc)
         return 1
-    front = args.grpc_front
-    if args.enable_grpc and front == "native" and not grpc_native.available():
-        log.warning("gRPC served by envoy: the native front is not available (%s)", grpc_native.UNAVAILABLE_BECAUSE)
-        front = "envoy"
-    kserve_grpc_port = args.grpc_port
-    if args.enable_grpc and front == "native":
+    native = args.grpc_front == "native"
+    if args.enable_grpc and native and not grpc_server.available():
+        log.warning("gRPC served by KServe's grpcio server: the native server is not available (%s)",
+                    grpc_server.UNAVAILABLE_BECAUSE)
+        native = False
+    model_server.RESTServer = rest.RESTServer
+    grpc_in_workers = args.enable_grpc and args.workers > 1
+    if args.enable_grpc and native:
         try:  # bound here, so a taken port fails start-up clearly; workers bind their own (SO_REUSEPORT)
-            sock = grpc_native.bind(args.grpc_port)
+            sock = grpc_server.bind(args.grpc_port)
         except RuntimeError as exc:
             log.error("gRPC front not started: %s", exc)
             return 1
-        if args.workers > 1:
+        if grpc_in_workers:
             sock.close()
         else:
-            native = grpc_native.NativeGRPCServer(args.grpc_port, sock=sock, drain_s=args.drain_seconds,
+            server = grpc_server.NativeGRPCServer(args.grpc_port, sock=sock, drain_s=args.drain_seconds,
                                                   grace_period=GRACE_PERIOD_S)
-            model_server.GRPCServer = native.as_kserve_class()  # ModelServer builds and stops it
-            grpc_front.drain_on_shutdown(native)
-    elif args.enable_grpc and front == "envoy":
-        kserve_grpc_port = args.internal_grpc_port or grpc_front.free_loopback_port()
-        envoy = grpc_front.EnvoyFront(args.grpc_port, args.http_port, kserve_grpc_port, args.log_level,
-                                      args.log_format, args.timeout_keep_alive, args.drain_seconds)
-        atexit.register(envoy.stop)
-        try:
-            envoy.start()
-        except RuntimeError as exc:
-            log.error("gRPC front not started: %s", exc)
-            return 1
-        grpc_front.drain_on_shutdown(envoy)
-    grpc_in_workers = args.enable_grpc and args.workers > 1
-    if grpc_in_workers:  # every worker serves gRPC beside REST (predictor/workers.py)
-        workers.install(workers.GRPCSettings(kserve_grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args),
-                                             native=front == "native", drain_s=args.drain_seconds))
-    else:
-        grpc_fastpath.install()  # KServe's gRPC server, where it serves, lives in this process
+            model_server.GRPCServer = server.as_kserve_class()  # ModelServer builds and stops it
+            grpc_server.drain_on_shutdown(server)
+    elif args.enable_grpc and not grpc_in_workers:
+        grpc_infer.use_forecast_servicer()  # KServe's gRPC server, in this process
+    workers.install(workers.GRPCSettings(args.grpc_port, args.max_threads, GRACE_PERIOD_S, vars(args), native=native,
+                                         drain_s=args.drain_seconds) if grpc_in_workers else None)
     use_uvloop(args.event_loop)
-    ModelServer(http_port=args.http_port, grpc_port=kserve_grpc_port, workers=args.workers,
+    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
                 enable_grpc=args.enable_grpc and not grpc_in_workers, grace_period=GRACE_PERIOD_S,
                 enable_latency_logging=latency_lines).start([model])
     return 0

@@ -1,4 +1,4 @@
-/* predictor._h2: a server-side HTTP/2 session of libnghttp2 (Debian's libnghttp2-14), for grpc_native.py.
+/* predictor._h2: a server-side HTTP/2 session of libnghttp2 (Debian's libnghttp2-14), for grpc_server.py.
  *
  * libnghttp2 does HTTP/2's framing, HPACK, flow control and protocol checks without I/O: bytes read from
  * a socket go in (recv), the bytes to write come out (send). Its callbacks run here, in C, and leave

@@ -5,16 +5,15 @@ a predict is running wait for it to finish and then go together in the next one.
 starts at once (no added latency); `max_delay` optionally holds a batch open a little longer.
 
 Small batches of requests that allow it (`inline`) are predicted on the event loop itself: handing
-a sub-millisecond predict to the forecast thread and back costs more than the predict (single-series
-REST at concurrency 1: 610 -> 1,110 requests/s here; at 16: 1,490 -> 1,860, since requests that
-arrive meanwhile still wait in the socket and form the next batch). grpcio's requests do not allow it:
-grpc.aio accepts calls one at a time through the event loop, so a busy loop stops them from
-gathering and batches shrink to one (c=16: 900 -> 670 requests/s).
+a sub-millisecond predict to the forecast thread and back costs more than the predict, and requests
+that arrive meanwhile still wait in the socket and form the next batch. grpcio's requests do not
+allow it: grpc.aio accepts calls one at a time through the event loop, so a busy loop would stop them
+from gathering and batches would shrink to one.
 
 The batcher is driven by loop callbacks, not a task: a batch is taken by a callback scheduled when the
 first request of it arrives (after every request already on its way through the loop), and each
-request's `done` is called as soon as its rows are predicted, so a front that can write its reply from
-there (the native gRPC front) does so before anything else runs.
+request's `done` is called as soon as its rows are predicted, so a server that can write its reply from
+there (the native gRPC server) does so before anything else runs.
 """
 from __future__ import annotations
 

@@ -1,18 +1,26 @@
-"""RED metrics for the predictor, correct with any number of worker processes.
+"""RED metrics for the predictor, correct with any number of worker processes, and the accounting of
+one inference request (`InFlight`, `tracked`) that every protocol uses.
 
 `python -m predictor` points prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) at a
-fresh directory before anything imports it, so every worker (and the gRPC server in the parent) writes its own files and a
-scrape sums them. KServe's own histograms land in the same directory and keep working.
+fresh directory before anything imports it, so every process writes its own files and a scrape sums
+them. KServe's own histograms land in the same directory and keep working.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
-from typing import Optional
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from kserve.metrics import PREDICT_HIST_TIME, get_labels
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
+
+from .contract import REASON_OF_HTTP_STATUS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -89,3 +97,47 @@ def record_model(name: str, card: dict, load_seconds: float) -> None:
         for metric, value in (scores.items() if isinstance(scores, dict) else ()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 BACKTEST.labels(model=name, version=version, method=method, metric=metric).set(float(value))
+
+
+@functools.cache
+def predict_seconds(model: str):
+    """KServe's predict-time histogram for `model`, which the v2 paths feed as KServe's own path does."""
+    return PREDICT_HIST_TIME.labels(**get_labels(model))
+
+
+def record(model: str, protocol: str, endpoint: str, status: int, reason: Optional[str], seconds: float) -> None:
+    REQUESTS.labels(model, protocol, endpoint, status_class(status)).inc()
+    DURATION.labels(model, protocol, endpoint).observe(seconds)
+    if 400 <= status < 500:
+        CLIENT_ERRORS.labels(model, protocol, reason or REASON_OF_HTTP_STATUS.get(status, "other")).inc()
+
+
+class InFlight:
+    """One inference request from receipt to reply: in flight until `done`, then counted and timed
+    with its status and 4xx reason (once, whoever calls `done` first)."""
+
+    __slots__ = ("model", "protocol", "endpoint", "started", "gauge")
+
+    def __init__(self, model: str, protocol: str, endpoint: str):
+        self.model, self.protocol, self.endpoint = model, protocol, endpoint
+        self.gauge = IN_FLIGHT.labels(model, protocol)
+        self.gauge.inc()
+        self.started = time.perf_counter()
+
+    def done(self, status: int, reason: Optional[str] = None) -> None:
+        if self.gauge is not None:
+            self.gauge.dec()
+            self.gauge = None
+            record(self.model, self.protocol, self.endpoint, status, reason, time.perf_counter() - self.started)
+
+
+@contextmanager
+def tracked(model: str, protocol: str, endpoint: str) -> Iterator[dict]:
+    """In flight while inside; then counted and timed with the status (500 unless the caller sets
+    another) and the 4xx reason the caller leaves in the yielded dict."""
+    state = {"status": 500, "reason": None}
+    request = InFlight(model, protocol, endpoint)
+    try:
+        yield state
+    finally:
+        request.done(state["status"], state["reason"])

@@ -1,4 +1,4 @@
-"""The KServe model: load a verified model directory, forecast in micro-batches off the event loop."""
+"""The KServe model: load a verified model directory; forecast in micro-batches."""
 from __future__ import annotations
 
 import logging
@@ -8,16 +8,13 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput
-from kserve.metrics import PREDICT_HIST_TIME, get_labels
-from kserve.model import InferenceVerb
-from kserve.protocol.infer_type import InferRequest
 
 from forecaster import artifact
 from forecaster.model import QuantileForecaster
 
-from . import codec, http, metrics
+from . import codec, jit_cache, metrics
 from .batching import Done, MicroBatcher, Pending, until_done
+from .contract import INPUT_NAME, OUTPUT_DATATYPE, HistoryLength
 
 logger = logging.getLogger("perf_predictor")
 
@@ -33,33 +30,32 @@ class PerfPredictor(Model):
         self.inline_max_series = inline_max_series
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
+        self.history_length: Optional[HistoryLength] = None
         self._batcher: Optional[MicroBatcher] = None
-        self._predict_seconds = None  # KServe's predict-time histogram for this model
-        self._register()
-
-    def _register(self) -> None:
-        http.SERVED[self.name] = self
-        http.install()
 
     def __getstate__(self) -> dict:
         # --workers > 1 pickles the loaded model into each worker process; threads do not travel.
-        return {**self.__dict__, "_batcher": None, "_predict_seconds": None}
+        return {**self.__dict__, "_batcher": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._register()  # each worker process has its own FastAPI app
         if self.forecaster is not None:
-            self.forecaster.compile(self.predict_threads)  # JIT once per process, before the first request
+            jit_cache.use()
+            self.forecaster.compile(self.predict_threads)  # once per process, before the first request
 
     def load(self) -> bool:
         """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load and the
         trees compiled."""
         started = time.perf_counter()
+        jit_cache.use()  # machine code from numba's cache where it has it (jit_cache.py)
         self.forecaster, self.card = artifact.load(self.model_dir)
         self.forecaster.compile(self.predict_threads)
         seconds = time.perf_counter() - started
-        metrics.record_model(self.name, self.card, seconds)
         spec = self.forecaster.spec
+        # the shortest history the model forecasts from: its own, else the card's, else its window
+        minimum = getattr(spec, "min_history", None) or self.card.get("min_history") or spec.window
+        self.history_length = HistoryLength(spec.window, min(int(minimum), spec.window))
+        metrics.record_model(self.name, self.card, seconds)
         logger.info(
             "loaded model %s version %s from %s in %.2fs: window %d, horizon %d, outputs %s",
             self.card.get("name"), self.card.get("version"), self.model_dir, seconds,
@@ -72,13 +68,16 @@ class PerfPredictor(Model):
     def version(self) -> str:
         return str(self.card.get("version", ""))
 
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.forecaster.spec.output_names)
+
     def get_input_types(self) -> list[dict]:
-        return [{"name": codec.INPUT_NAME, "datatype": "FP32", "shape": [-1, self.forecaster.spec.window]}]
+        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, self.forecaster.spec.window]}]
 
     def get_output_types(self) -> list[dict]:
         horizon = self.forecaster.spec.horizon
-        return [{"name": n, "datatype": codec.OUTPUT_DATATYPE, "shape": [-1, horizon]}
-                for n in self.forecaster.spec.output_names]
+        return [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": [-1, horizon]} for n in self.output_names]
 
     def _batcher_here(self) -> MicroBatcher:
         if self._batcher is None:  # one per process: threads and metric children do not travel
@@ -88,69 +87,19 @@ class PerfPredictor(Model):
                                          self.inline_max_series)
         return self._batcher
 
-    def _predict_timer(self):
-        if self._predict_seconds is None:
-            self._predict_seconds = PREDICT_HIST_TIME.labels(**get_labels(self.name))
-        return self._predict_seconds
-
-    def _count(self, history: np.ndarray, protocol: str) -> None:
+    def submit(self, history: np.ndarray, protocol: str, inline: bool, done: Done) -> Pending:
+        """Queues checked windows [n, W] for the next micro-batch; `done` gets their forecasts
+        [n_quantiles, n, H] on the event loop. `inline`: a small batch may be predicted on the event
+        loop (false for grpcio's server, which hands calls to the loop one by one: batching.py)."""
         metrics.BATCH_SIZE.labels(self.name, protocol).observe(len(history))
         metrics.SERIES.labels(self.name, protocol).inc(len(history))
+        return self._batcher_here().submit(history, inline, done)
 
     async def forecast(self, history: np.ndarray, protocol: str, inline: bool) -> np.ndarray:
-        """[n, W] -> [n_quantiles, n, H], batched with whatever else is waiting. `inline`: a small batch
-        may be predicted on the event loop; true for requests that came through uvicorn or the native
-        gRPC front, false for grpcio's server, which hands calls to the loop one by one (batching.py)."""
-        self._count(history, protocol)
-        return await self._batcher_here().forecast(history, inline=inline)
-
-    async def infer_v2_rest(self, body: bytes, json_length: Optional[int]) -> tuple[bytes, Optional[int]]:
-        """The REST fast path (predictor/fastpath.py): body bytes in, reply bytes out."""
-        spec = self.forecaster.spec
-        history, reply = codec.decode_v2_body(body, json_length, spec.window)
-        with self._predict_timer().time():
-            forecasts = await self.forecast(history, "rest", inline=True)
-        return codec.encode_v2_body(reply, self.name, self.version, spec.output_names, forecasts)
-
-    def submit_grpc(self, request: Any, inline: bool, done: Done) -> Pending:
-        """gRPC ModelInfer, protobuf request to the serialized reply, without a coroutine: the request is
-        checked now (InvalidInput raised here), and `done` gets the reply bytes as soon as its rows are
-        predicted, before the predict time is recorded (grpc_bridged.py)."""
-        spec = self.forecaster.spec
-        history = codec.decode_grpc(request, spec.window)
-        self._count(history, "grpc")
-        batcher, timer, started = self._batcher_here(), self._predict_timer(), time.perf_counter()
-
-        def predicted(forecasts: Optional[np.ndarray], exc: Optional[BaseException]) -> None:
-            message = None
-            if exc is None:
-                try:
-                    message = codec.encode_grpc(request, self.name, self.version, spec.output_names, forecasts)
-                except Exception as encode_exc:  # an output the model does not have
-                    exc = encode_exc
-            done(message, exc)
-            timer.observe(time.perf_counter() - started)
-
-        return batcher.submit(history, inline, predicted)
-
-    async def infer_grpc(self, request: Any, inline: bool) -> bytes:
-        """`submit_grpc` for a coroutine (grpc_fastpath.py)."""
-        return await until_done(lambda done: self.submit_grpc(request, inline, done))
-
-    async def __call__(self, body: Any, headers: Optional[Dict[str, str]] = None,
-                       verb: InferenceVerb = InferenceVerb.PREDICT):
-        """KServe's path (v1 REST): tell the metrics middleware why a request was rejected."""
-        try:
-            return await super().__call__(body, headers, verb)
-        except InvalidInput as exc:
-            http.note_rejection(getattr(exc, "code", None))
-            raise
+        """`submit` for a coroutine."""
+        return await until_done(lambda done: self.submit(history, protocol, inline, done))
 
     async def predict(self, payload: Any, headers: Dict[str, str] = None) -> Any:
-        window, names = self.forecaster.spec.window, self.forecaster.spec.output_names
-        if isinstance(payload, InferRequest):
-            protocol = "grpc" if payload.from_grpc else "rest"
-            forecasts = await self.forecast(codec.decode_v2(payload, window), protocol, inline=protocol == "rest")
-            return codec.encode_v2(payload, self.name, self.version, names, forecasts)
-        forecasts = await self.forecast(codec.decode_v1(payload, window), "rest", inline=True)
-        return codec.encode_v1(names, forecasts)
+        """KServe's v1 route (`:predict`); the v2 routes are answered by rest.py and grpc_infer.py."""
+        forecasts = await self.forecast(codec.decode_v1(payload, self.history_length), "rest", inline=True)
+        return codec.encode_v1(self.output_names, forecasts)

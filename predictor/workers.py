@@ -1,12 +1,11 @@
-"""`--workers N` serves gRPC from every worker process, not only REST.
+"""`--workers N`: every worker process serves gRPC beside REST.
 
-KServe 0.21 starts N uvicorn worker processes for REST but its gRPC server in the parent only, so
-gRPC had one process's share of the machine whatever N was (800 single-series requests/s at 1 and
-at 2 workers, while REST doubled). With `install`, the parent starts no gRPC server; each worker runs
-KServe's GRPCServer (with our servicer) beside uvicorn on its own event loop, all bound to the same
-port with SO_REUSEPORT (gRPC's default on Linux), and the kernel spreads connections over them. One
-connection still lands on one worker, as it would on one pod: clients that open several connections
-(or a mesh proxy in front) get all the workers.
+KServe 0.21 starts N uvicorn worker processes for REST but its gRPC server in the parent only, so gRPC
+would have one process's share of the machine whatever N was. Here the parent starts no gRPC server;
+each worker runs one (the native server, or KServe's grpcio server with our servicer) on its own event
+loop beside uvicorn, all bound to the same port with SO_REUSEPORT, and the kernel spreads connections
+over them. One connection still lands on one worker, as it would on one pod: clients that open
+several connections (or a mesh proxy in front) get all the workers.
 """
 from __future__ import annotations
 
@@ -18,8 +17,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kserve.protocol.grpc.server import GRPCServer
-from kserve.protocol.rest import server as rest_server
 from kserve.protocol.rest.multiprocess import server as multiprocess_server
+
+from . import rest
 
 logger = logging.getLogger("perf_predictor")
 
@@ -30,12 +30,12 @@ class GRPCSettings:
     max_threads: int
     grace_period: int
     options: dict  # KServe's parsed flags: the server reads its message size limits from them
-    native: bool = False  # grpc_native.py's server instead of KServe's grpcio server
+    native: bool = False  # grpc_server.py's server instead of KServe's grpcio server
     drain_s: int = 0
 
 
-class RESTAndGRPCServer(rest_server.RESTServer):
-    """KServe's REST server for one worker process, with a gRPC server on the same event loop.
+class RESTAndGRPCServer(rest.RESTServer):
+    """The REST server of one worker process, with a gRPC server on the same event loop.
 
     KServe pickles this object into each spawned worker and calls `run` there."""
 
@@ -44,14 +44,14 @@ class RESTAndGRPCServer(rest_server.RESTServer):
         self.grpc = grpc
 
     def run(self, sockets: Optional[list] = None) -> None:
-        from . import grpc_fastpath
-        from .grpc_native import NativeGRPCServer
+        from . import grpc_infer
+        from .grpc_server import NativeGRPCServer
 
         if self.grpc.native:
             grpc_server = NativeGRPCServer(self.grpc.port, reuse_port=True, drain_s=self.grpc.drain_s).use(
                 self.dataplane, self.model_repository_extension, self.grpc.grace_period)
         else:
-            grpc_fastpath.install()  # in this process: KServe's gRPC server builds our servicer
+            grpc_infer.use_forecast_servicer()
             grpc_server = GRPCServer(self.grpc.port, self.dataplane, self.model_repository_extension,
                                      kwargs=self.grpc.options, grace_period=self.grpc.grace_period)
         self._server.__class__ = _with_grpc(type(self._server), grpc_server, self.grpc.max_threads)
@@ -59,9 +59,9 @@ class RESTAndGRPCServer(rest_server.RESTServer):
 
 
 def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
-    from .grpc_front import DrainFirst
+    from .grpc_server import DrainFirst
 
-    # the native front drains like the single process: GOAWAY on every connection, then REST and gRPC
+    # the native server drains like the single process: GOAWAY on every connection, then REST and gRPC
     # keep serving for its drain time before this worker stops
     drain_first = DrainFirst(grpc_server) if hasattr(grpc_server, "drain") else None
 
@@ -96,6 +96,8 @@ def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
     return ServerWithGRPC
 
 
-def install(grpc: GRPCSettings) -> None:
-    """Before ModelServer.start, in the parent, which must then not start its own gRPC server."""
-    multiprocess_server.RESTServer = functools.partial(RESTAndGRPCServer, grpc=grpc)
+def install(grpc: Optional[GRPCSettings]) -> None:
+    """Before ModelServer.start, in the parent: the REST server each worker runs (with gRPC beside it
+    when `grpc` is given; the parent must then not start its own gRPC server)."""
+    multiprocess_server.RESTServer = (rest.RESTServer if grpc is None
+                                      else functools.partial(RESTAndGRPCServer, grpc=grpc))

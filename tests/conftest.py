@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -59,28 +60,55 @@ class LoopbackAddresses:
         return f"127.0.0.1:{self.grpc_port}"
 
 
+# how a server says another process took the port it was given between free_port() and its bind
+PORT_TAKEN = re.compile(r"gRPC port \d+ is not free|address already in use|Failed to bind", re.IGNORECASE)
+PORT_RETRIES = 3
+
+
 @dataclass
 class Server(LoopbackAddresses):
     process: subprocess.Popen
     http_port: int
     grpc_port: int
     log_path: Path
+    argv: list = field(default_factory=list)  # the server's own flags (after the ports)
+    env: dict = field(default_factory=dict)
+    retries: int = 0  # -1: the caller chose a port, a taken one is what it tests
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
+def _launch(server: Server, ports: tuple[int, int] | None = None) -> None:
+    """(Re)starts the server on two ports that were free a moment ago, or on `ports` (http, grpc), where a
+    stopped server was (its log is then appended to)."""
+    server.http_port, server.grpc_port = ports or (free_port(), free_port())
+    with server.log_path.open("a" if ports else "w") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "-m", "predictor", "--model_dir", *server.argv[:1], "--http_port", str(server.http_port),
+             "--grpc_port", str(server.grpc_port), *server.argv[1:]],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **server.env},
+        )
+
+
 def start_server(model_dir: Path, log_path: Path, *extra: str, env: dict | None = None,
                  ports: tuple[int, int] | None = None) -> Server:
-    """`ports` (http, grpc): start again where a stopped server was."""
-    http_port, grpc_port = ports or (free_port(), free_port())
-    log = log_path.open("a" if ports else "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "predictor", "--model_dir", str(model_dir), "--http_port", str(http_port),
-         "--grpc_port", str(grpc_port), *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-    )
-    return Server(process, http_port, grpc_port, log_path)
+    """A server on free loopback ports, or on `ports` (http, grpc) to start again where a stopped server
+    was. A free port can be taken by another process before the server binds it (a busy machine):
+    `wait_ready` then starts it again on new ports, unless the caller chose the ports."""
+    chosen = ports is not None or bool({"--http_port", "--grpc_port"} & set(extra))
+    server = Server(None, 0, 0, log_path, [str(model_dir), *extra], env or {}, retries=-1 if chosen else 0)
+    _launch(server, ports)
+    return server
+
+
+def port_taken_restart(server: Server) -> bool:
+    """If the server exited because its port was taken meanwhile, starts it on new ones."""
+    if 0 <= server.retries < PORT_RETRIES and PORT_TAKEN.search(server.log()):
+        server.retries += 1
+        _launch(server)
+        return True
+    return False
 
 
 def _grpc_listening(server: Server) -> bool:
@@ -97,6 +125,8 @@ def wait_ready(server: Server, timeout: float = 60) -> None:
     url = f"{server.http_url}/v2/models/{MODEL_NAME}/ready"
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
+            if port_taken_restart(server):
+                continue
             raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:

@@ -107,7 +107,7 @@ def test_evaluate_writes_report_plots_and_card_summary(small_csv_set, tmp_path):
     data = json.loads((report / "report.json").read_text())
     assert data["n_series"] == 3 and data["leak"] is None
     assert set(data["overall"]) == {"model", "last_value", "seasonal_naive", "ets"}
-    for method, m in data["overall"].items():
+    for m in data["overall"].values():
         assert {"mase", "smape", "pinball", "coverage", "mae_by_step"} <= set(m)
         assert len(m["mae_by_step"]) == 12 and m["mase"] > 0
     assert data["overall"]["last_value"]["coverage"] is None and 0 <= data["overall"]["model"]["coverage"] <= 1

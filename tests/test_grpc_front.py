@@ -1,10 +1,9 @@
-"""The gRPC port's fronts: libnghttp2 in process (the default, predictor/grpc_native.py), Envoy in front
-of the REST port and KServe's gRPC server (--grpc_front envoy, predictor/grpc_front.py), and KServe's
-grpcio server itself (--grpc_front kserve). Tests on the shared `server` fixture run on the default."""
+"""The gRPC port's two servers: libnghttp2 in process (the default, predictor/grpc_server.py) and KServe's
+grpcio server with our servicer (--grpc_front kserve, the fallback). Tests on the shared `server`
+fixture run on the default."""
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shutil
 import signal
@@ -12,7 +11,6 @@ import socket
 import struct
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +23,6 @@ from .test_metrics import scrape, value
 from .test_serving import card, histories, window  # noqa: F401 (fixtures)
 
 
-def envoy_children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if line.split()[1] == "envoy"]
-
-
 def infer(srv, history: np.ndarray, **kwargs):
     tensor = grpcclient.InferInput("history", list(history.shape), "FP32")
     tensor.set_data_from_numpy(history)
@@ -37,8 +30,8 @@ def infer(srv, history: np.ndarray, **kwargs):
 
 
 def test_the_native_front_is_built():
-    """Without its compiled part the server quietly puts Envoy in front and the native front's tests
-    skip; here, where the install had a compiler, that would be a broken build."""
+    """Without its compiled part the server falls back to KServe's grpcio server and the native server's
+    tests skip; here, where the install had a compiler, that would be a broken build."""
     try:
         import predictor._h2  # noqa: F401
     except ImportError as exc:
@@ -47,11 +40,10 @@ def test_the_native_front_is_built():
 
 
 def test_kserve_front_serves_the_same_forecasts(server, model_dir, tmp_path, window):
-    """--grpc_front kserve: grpcio's server on the public port, as before Envoy; same answers, same errors."""
+    """--grpc_front kserve: grpcio's server on the public port; same answers, same errors."""
     srv = start_server(model_dir, tmp_path / "kserve.log", "--grpc_front", "kserve")
     try:
         wait_ready(srv)
-        assert envoy_children(srv.process.pid) == []
         history = histories(3, window + 10)
         for name in ("p10", "p50", "p90"):
             np.testing.assert_array_equal(infer(srv, history).as_numpy(name), infer(server, history).as_numpy(name))
@@ -131,8 +123,7 @@ def call_with_nghttp(srv, frame: Path) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2-client) is not installed; .ci/run installs it")
-@pytest.mark.parametrize("front", ["native", "envoy"])
-def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, window, front):
+def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, window):
     """On SIGTERM the call in flight, and a call on a new connection within --drain_seconds, are both
     answered, each reply with an HTTP/2 GOAWAY (NO_ERROR) so the client goes elsewhere next; then the
     server exits 0 and the port closes. Without the drain, the second call failed with UNAVAILABLE."""
@@ -145,8 +136,7 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
     frame = tmp_path / "call.bin"
     frame.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
     # every batch is held 0.5 s, so the first call is still in flight when SIGTERM comes
-    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3",
-                       "--grpc_front", front)
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "500", "--drain_seconds", "3")
     in_flight = None
     try:
         wait_ready(srv)
@@ -163,8 +153,7 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
             assert re.search(r"recv GOAWAY frame .*\n.*error_code=NO_ERROR", out), f"{name}:\n{out}"
         assert srv.process.wait(timeout=20) == 0
         assert "draining gRPC connections; stopping in 3s" in srv.log()
-        assert "still had gRPC calls in flight" not in srv.log()  # Envoy's own count reached 0
-        assert ("(libnghttp2)" in srv.log()) == (front == "native")
+        assert "(libnghttp2)" in srv.log()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=2).close()
     finally:
@@ -173,13 +162,12 @@ def test_sigterm_moves_grpc_clients_away_before_stopping(model_dir, tmp_path, wi
         stop_server(srv)
 
 
-@pytest.mark.parametrize("front", ["native", "envoy"])
-def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path, front):
+def test_a_taken_grpc_port_stops_start_up(model_dir, tmp_path):
     with socket.socket() as blocker:
         blocker.bind(("0.0.0.0", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        srv = start_server(model_dir, tmp_path / "server.log", "--grpc_port", str(port), "--grpc_front", front)
+        srv = start_server(model_dir, tmp_path / "server.log", "--grpc_port", str(port))
         try:
             assert srv.process.wait(timeout=120) == 1
         finally:
@@ -205,37 +193,5 @@ def test_message_size_flags_apply_to_the_native_front(model_dir, tmp_path, windo
     try:
         wait_ready(srv)
         check_message_size_limits(srv, window)
-    finally:
-        stop_server(srv)
-
-
-def test_the_server_stops_when_envoy_dies(model_dir, tmp_path, window):
-    """Kubernetes restarts a container whose process exits; a server without its gRPC front would
-    look healthy over REST and fail every gRPC call. (KServe's message size flags apply, too.)"""
-    srv = start_server(model_dir, tmp_path / "server.log", *SIZE_LIMITS, "--grpc_front", "envoy")
-    try:
-        wait_ready(srv)
-        check_message_size_limits(srv, window)
-        (envoy,) = envoy_children(srv.process.pid)
-        os.kill(envoy, signal.SIGKILL)
-        srv.process.wait(timeout=60)
-        assert "envoy (the gRPC front) exited with status -9; stopping the server" in srv.log()
-    finally:
-        stop_server(srv)
-
-
-def test_envoy_goes_with_the_server(model_dir, tmp_path):
-    srv = start_server(model_dir, tmp_path / "server.log", "--grpc_front", "envoy")
-    try:
-        wait_ready(srv)
-        (envoy,) = envoy_children(srv.process.pid)
-        srv.process.send_signal(signal.SIGKILL)  # no atexit: the kernel's parent-death signal must do it
-        srv.process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{envoy}") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not os.path.exists(f"/proc/{envoy}"), "envoy outlived its server"
-        with pytest.raises(OSError):
-            urllib.request.urlopen(f"{srv.http_url}/v2/health/live", timeout=2)
     finally:
         stop_server(srv)

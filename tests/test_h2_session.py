@@ -1,6 +1,6 @@
 """predictor._h2 (the compiled HTTP/2 session under the native gRPC front) fed HTTP/2 bytes, and the
 front's byte accounting when a client hangs up mid-call. The end-to-end behaviour, through real
-clients, is in test_grpc_native.py. grpc_native itself runs in a child process: kserve's protobuf
+clients, is in test_grpc_server.py. grpc_server itself runs in a child process: kserve's protobuf
 messages cannot share a process with tritonclient's, which other test modules import."""
 from __future__ import annotations
 
@@ -143,9 +143,9 @@ CALLS_THAT_STOP = """
 import asyncio, struct
 from tests.test_h2_session import (CALL, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, frames,
                                    header_block)
-from predictor import grpc_native
+from predictor import grpc_server
 
-grpc_native.STALL_TIMEOUT_S, grpc_native.SWEEP_S = 0.5, 0.1  # 60 s and 5 s in service
+grpc_server.STALL_TIMEOUT_S, grpc_server.SWEEP_S = 0.5, 0.1  # 60 s and 5 s in service
 PARTIAL = (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, header_block(CALL))
            + frame(DATA, 0, 1, b"\\x00\\x00\\x00\\x10\\x00" + b"x" * 995))  # 1,000 of 4,101 bytes
 
@@ -159,8 +159,8 @@ async def until(condition, seconds=5.0):
 
 
 async def scenario():
-    sock = grpc_native.bind(0)
-    server = grpc_native.NativeGRPCServer(sock.getsockname()[1], sock=sock)
+    sock = grpc_server.bind(0)
+    server = grpc_server.NativeGRPCServer(sock.getsockname()[1], sock=sock)
     serving = asyncio.create_task(server.start())
     await until(lambda: server._server is not None)
 
@@ -188,7 +188,7 @@ async def scenario():
     # a client that takes no reply: past its HTTP/2 window the call is reset; past the socket's buffer
     # (windows opened wide) the connection is cut off
     def big_reply(connection, stream_id, stream):
-        connection.reply(stream_id, grpc_native.Reply(0, "", grpc_native.grpc_bridged.framed(b"r" * (64 << 20))))
+        connection.reply(stream_id, grpc_server.Reply(0, "", grpc_server.grpc_infer.framed(b"r" * (64 << 20))))
     server.call = big_reply
     for wide in (False, True):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -35,6 +35,15 @@ def value(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, items), v in samples.items() if n == name and want <= set(items))
 
 
+def wait_for_count(read, expected: float, timeout: float = 10.0) -> float:
+    """`read()` until it gives `expected` or the deadline passes; the last value. A call is counted after
+    its reply is written, so a scrape right after the last reply (by another worker) can miss it."""
+    deadline = time.monotonic() + timeout
+    while (got := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
 def wait_for_workers(srv, n: int, timeout: float) -> None:
     """Ready answers once one worker is up; KServe starts the others one after another."""
     deadline = time.monotonic() + timeout
@@ -94,6 +103,8 @@ def known_load(two_workers, window):
         tensor.set_data_from_numpy(np.ones((1, 5), dtype=np.float32))
         with pytest.raises(InferenceServerException):
             client.infer(MODEL_NAME, [tensor])
+    for protocol, calls in (("grpc", GRPC_OK + GRPC_BAD), ("rest", REST_OK + REST_BAD_SHORT + REST_BAD_NAME)):
+        wait_for_count(lambda p=protocol: value(scrape(srv), "perf_predictor_requests_total", protocol=p), calls)
     return srv
 
 
@@ -151,8 +162,8 @@ def grpc_writers(metrics_dir) -> dict[int, float]:
 
 
 def test_every_worker_serves_grpc(known_load, two_workers, window):
-    """gRPC's forecasts are computed in the workers, never the parent: Envoy opens an upstream
-    connection per call in flight, and the kernel hands those connections to the workers."""
+    """gRPC's forecasts are computed in the workers, never the parent: each worker serves the gRPC port
+    (SO_REUSEPORT), and the kernel hands the clients' connections to the workers."""
     srv, metrics_dir = two_workers
     before = sum(grpc_writers(metrics_dir).values())
     tensor = grpcclient.InferInput("history", [1, window], "FP32")
@@ -168,11 +179,12 @@ def test_every_worker_serves_grpc(known_load, two_workers, window):
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(caller, range(16)))
+    wait_for_count(lambda: sum(grpc_writers(metrics_dir).values()), before + 160)
     writers = grpc_writers(metrics_dir)
     assert sum(writers.values()) == before + 160
     assert srv.process.pid not in writers, "the parent process should not serve gRPC"
     assert len([pid for pid, n in writers.items() if n > 0]) == 2, f"gRPC reached only {writers}"
-    # the RPCs Envoy passes to KServe's own gRPC server (in the workers) answer too
+    # the other RPCs (KServe's servicer, in the workers) answer too
     client = grpcclient.InferenceServerClient(srv.grpc_host)
     assert client.is_server_ready() and client.is_model_ready(MODEL_NAME)
     assert client.get_model_metadata(MODEL_NAME).inputs[0].name == "history"

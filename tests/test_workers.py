@@ -18,9 +18,9 @@ def test_grpc_bind_failure_in_a_worker_is_logged_and_stops_that_worker(model_dir
     with socket.socket() as blocker:  # holds a port without SO_REUSEPORT: the workers cannot bind it
         blocker.bind(("0.0.0.0", 0))
         blocker.listen()
-        # KServe's gRPC server in each worker listens on the internal port, behind Envoy
-        srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2", "--grpc_front", "envoy",
-                           "--internal_grpc_port", str(blocker.getsockname()[1]))
+        # KServe's grpcio server in each worker (the parent binds nothing for it) meets the held port
+        srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2", "--grpc_front", "kserve",
+                           "--grpc_port", str(blocker.getsockname()[1]))
         try:
             wait_for_log(srv, "gRPC server failed in worker", timeout=90)
             assert "Failed to bind" in srv.log()

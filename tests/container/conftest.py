@@ -60,6 +60,7 @@ def metrics(pytestconfig) -> dict:
     data = pytestconfig.stash.setdefault(_metrics_key, {})
     yield data
     if data:
+        data["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         CACHE.mkdir(parents=True, exist_ok=True)
         METRICS_FILE.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -157,10 +158,12 @@ class Container(LoopbackAddresses):
             self.removed = True
 
 
-def start_container(image: str, *extra: str) -> Container:
+def start_container(image: str, *extra: str, args: tuple[str, ...] = ()) -> Container:
+    """`docker run` with the hardened flags, `extra` docker flags and `args` for the server; returns once
+    the model answers ready, with the seconds that took."""
     name = f"perf-predictor-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    docker("run", "-d", "--name", name, *HARDENED, *extra, image)
+    docker("run", "-d", "--name", name, *HARDENED, *extra, image, *args)
     ports = {}
     for port in (8080, 8081):
         mapping = docker("port", name, f"{port}/tcp").stdout.split()[0]  # 127.0.0.1:NNNNN

@@ -40,9 +40,9 @@ def test_dockerfile_contract():
 
 
 def test_dockerignore_keeps_the_context_small():
-    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "allow-list: everything not named is left out"
-    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "forecaster", "predictor", "training"} <= allowed
     assert not allowed & {".venv", ".git", ".cache", "models", "tests", "charts", "manifests"}

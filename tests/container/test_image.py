@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from .conftest import MODEL_NAME, UID, docker, start_container
+from .conftest import MODEL_NAME, READY_TIMEOUT, UID, docker, start_container
 
 OUTPUTS = ("p10", "p50", "p90")
 STOP_LIMIT = 10.0
@@ -66,7 +66,7 @@ def test_grpc_v2_inference(container, window, horizon):
     inp.set_data_from_numpy(batch)
     check_forecast({n: r for n, r in ((n, client.infer(MODEL_NAME, [inp]).as_numpy(n)) for n in OUTPUTS)},
                    3, horizon)
-    assert "(libnghttp2)" in container.logs(), "the image has libnghttp2: gRPC served in process, not by Envoy"
+    assert "(libnghttp2)" in container.logs(), "the image has libnghttp2: gRPC served in process, not by the grpcio fallback"
 
 
 def test_runs_as_non_root_on_a_read_only_root(container, image):
@@ -86,6 +86,33 @@ def test_runs_as_non_root_on_a_read_only_root(container, image):
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
     assert docker("exec", container.name, "touch", "/tmp/probe", check=False).returncode == 0
     assert container.ready()
+
+
+def cache_files(container, path: str) -> str:
+    return docker("exec", container.name, "sh", "-c", f"cd {path} && find . -type f | sort | xargs sha256sum").stdout
+
+
+def test_two_workers_start_from_the_compiled_cache(image, metrics, window, horizon):
+    """--workers 2: ready, both workers up, and the numba cache compiled at build (the read-only seed,
+    copied to /tmp at start) served start-up as it is: nothing had to be compiled and added."""
+    container = start_container(image, args=("--workers", "2"))
+    try:
+        metrics["start_to_ready_seconds_2_workers"] = round(container.ready_seconds, 2)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while container.logs().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, container.logs()[-4000:]
+            time.sleep(0.1)
+        metrics["start_to_all_workers_seconds_2_workers"] = round(time.monotonic() - container.started, 2)
+        seed = cache_files(container, "/opt/jit-cache")
+        assert seed.count(".nbc") >= 2, seed
+        assert cache_files(container, "/tmp/jit-cache") == seed
+        client = httpclient.InferenceServerClient(container.http_host)
+        tensor = httpclient.InferInput("history", [2, window], "FP32")
+        tensor.set_data_from_numpy(histories(2, window))
+        result = client.infer(MODEL_NAME, [tensor])
+        check_forecast({name: result.as_numpy(name) for name in OUTPUTS}, 2, horizon)
+    finally:
+        container.remove()
 
 
 def test_sigterm_exits_zero_within_10s(container, metrics):

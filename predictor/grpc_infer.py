@@ -1,15 +1,12 @@
-"""gRPC ModelInfer for our models, from the gRPC-framed request message to the framed reply.
+"""gRPC ModelInfer for our models, for both gRPC servers: from the gRPC-framed request message to the
+framed reply (the native server, grpc_server.py), and as a servicer for KServe's grpcio server.
 
-`answer` is shared by both gRPC fronts that do not use grpcio: the native front (grpc_native.py) calls
-it with the body of an HTTP/2 stream; the Envoy front (grpc_front.py) hands a unary ModelInfer to the
-REST port as one HTTP/1.1 POST to /inference.GRPCInferenceService/ModelInfer, which `serve` answers
-(Envoy's reverse bridge adds the `grpc-status: 0` trailer to a 200 with a body; a failed call is
-answered as gRPC's trailers-only reply, which Envoy passes on as it is). The checks and the reply are
-the codec's, as for KServe's gRPC server.
+The request is decoded straight from protobuf to numpy and the reply written in protobuf's wire format
+(codec.py), with the checks of the request contract; KServe's InferRequest objects are never built.
+A call's reply is handed over the moment its forecast is ready, and the call is counted after.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -20,22 +17,22 @@ from urllib.parse import quote
 from google.protobuf.message import DecodeError
 from kserve import model_server
 from kserve.errors import InvalidInput
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
+from kserve.model_repository import ModelRepository
+from kserve.protocol.grpc import server as kserve_grpc_server
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest, ModelInferResponse
+from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import http
+from . import codec, metrics
 from .batching import Pending, until_done
-from .grpc_front import INFER_PATH
+from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
+                       UNIMPLEMENTED, internal_error, reason_of)
+from .model import PerfPredictor
 
 logger = logging.getLogger("perf_predictor")
-# gRPC status codes (grpc/doc/statuscodes.md)
-INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 3, 5, 8, 12, 13, 14
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing for each grpc-encoding
 MAX_MESSAGE_TEXT = 1024  # grpc-message repeats client text (model names...); headers have limits
 ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
-# the HTTP status a call rejected before the model saw it is counted with (http.record), by its gRPC
-# status; INTERNAL here is the spec's status for a compressed message without grpc-encoding
-HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 415,
-               INTERNAL: 400, UNAVAILABLE: 503}
 
 
 class Reply(NamedTuple):
@@ -50,24 +47,11 @@ class CallError(Exception):
         self.status = status
 
 
-def is_bridged_infer(scope) -> bool:
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == INFER_PATH
-
-
 def grpc_message(message: str) -> bytes:
     """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec); printable ASCII but % passes as is."""
     if len(message) > MAX_MESSAGE_TEXT:
         message = message[:MAX_MESSAGE_TEXT] + "..."
     return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
-
-
-async def _send(send, reply: Reply) -> None:
-    headers = [(b"content-type", b"application/grpc"), (b"content-length", str(len(reply.body)).encode()),
-               ACCEPT_ENCODING]
-    if reply.status:
-        headers += [(b"grpc-status", str(reply.status).encode()), (b"grpc-message", grpc_message(reply.message))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
 
 
 @functools.cache
@@ -116,14 +100,6 @@ def too_large(size: int, limit: int) -> CallError:
     return CallError(RESOURCE_EXHAUSTED, f"received message larger than max ({size} vs. {limit})")
 
 
-async def _framed_body(receive, limit: int) -> bytes:
-    """The request body, refused as soon as it is longer than one message of `limit` bytes can be."""
-    try:
-        return await http.read_body(receive, max_bytes=limit + 5)
-    except http.BodyTooLarge as exc:
-        raise too_large(exc.size - 5, limit) from None
-
-
 def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferRequest:
     try:
         return ModelInferRequest.FromString(message_of(body, encoding, limit))
@@ -131,57 +107,60 @@ def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferReque
         raise CallError(INVALID_ARGUMENT, f"the message is not a ModelInferRequest: {exc}") from None
 
 
-async def serve(scope, receive, send) -> None:
-    """A ModelInfer bridged by Envoy, as an ASGI request to the REST port."""
-    started = time.perf_counter()
-    try:
-        try:
-            body = await _framed_body(receive, max_message_bytes("receive"))
-        except CallError as exc:
-            logger.info("rejected gRPC call: %s", exc)
-            reply = rejected("unknown", exc.status, str(exc), started)
-        else:
-            reply = await answer(body, next((v for k, v in scope["headers"] if k == b"grpc-encoding"), None), started)
-        await _send(send, reply)
-    except Exception as exc:  # a bug of ours: the client still gets a gRPC status, the server stays up
-        logger.exception("gRPC call failed")
-        with contextlib.suppress(Exception):  # unless the reply had already started
-            await _send(send, Reply(INTERNAL, f"internal error: {type(exc).__name__}"))
-
-
 def rejected(model: str, status: int, message: str, started: float) -> Reply:
-    """Counted as the REST path counts its rejections (a model it does not know as "unknown")."""
-    http.record(model, "grpc", "v2_infer", HTTP_STATUS[status], None, time.perf_counter() - started)
+    """A call refused before the model saw it, counted as REST counts its rejections (a model it does
+    not know as "unknown")."""
+    metrics.record(model, "grpc", "v2_infer", HTTP_STATUS_OF_GRPC[status], None, time.perf_counter() - started)
     return Reply(status, message)
 
 
+def submit(model: PerfPredictor, request: ModelInferRequest, inline: bool,
+           done: Callable[[Optional[bytes], Optional[BaseException]], None]) -> Pending:
+    """Checks the request now (InvalidInput raised here) and queues it; `done` gets the serialized
+    reply as soon as its rows are predicted, and the predict time is recorded after."""
+    history = codec.decode_grpc(request, model.history_length)
+    started, timer = time.perf_counter(), metrics.predict_seconds(model.name)
+
+    def predicted(forecasts, exc: Optional[BaseException]) -> None:
+        message = None
+        if exc is None:
+            try:
+                message = codec.encode_grpc(request, model.name, model.version, model.output_names, forecasts)
+            except Exception as encode_exc:  # an output the model does not have
+                exc = encode_exc
+        done(message, exc)
+        timer.observe(time.perf_counter() - started)
+
+    return model.submit(history, "grpc", inline, predicted)
+
+
 class Call:
-    """One ModelInfer given to the model: its reply goes to `deliver` (once) as soon as it is ready, and
+    """One ModelInfer given to the model: its reply goes to `reply` (once) as soon as it is ready, and
     only then is the call counted."""
 
-    __slots__ = ("deliver", "request", "entry")
+    __slots__ = ("reply", "request", "entry")
 
-    def __init__(self, model, deliver: Callable[[Reply], None]):
-        self.deliver = deliver
-        self.request = http.InFlight(model.name, "grpc", "v2_infer")
+    def __init__(self, model: PerfPredictor, reply: Callable[[Reply], None]):
+        self.reply = reply
+        self.request = metrics.InFlight(model.name, "grpc", "v2_infer")
         self.entry: Optional[Pending] = None  # in the model's micro-batch queue
 
     def predicted(self, message: Optional[bytes], exc: Optional[BaseException]) -> None:
         self.entry = None  # it held this call: a cycle the garbage collector would otherwise have to find
         if exc is None and len(message) > (send_limit := max_message_bytes("send")):
             # as grpcio's server refuses to send it; counted as a client error, reason too_large
-            self.deliver(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
+            self.reply(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
             self.request.done(413)
         elif exc is None:
-            self.deliver(Reply(0, "", framed(message)))
+            self.reply(Reply(0, "", framed(message)))
             self.request.done(200)
         elif isinstance(exc, InvalidInput):
             logger.info("rejected request: %s", exc)
-            self.deliver(Reply(INVALID_ARGUMENT, str(exc)))
-            self.request.done(400, getattr(exc, "code", None))
+            self.reply(Reply(INVALID_ARGUMENT, str(exc)))
+            self.request.done(400, reason_of(exc))
         else:  # a bug of ours: the client still gets a status
             logger.error("gRPC call failed", exc_info=exc)
-            self.deliver(Reply(INTERNAL, f"internal error: {type(exc).__name__}"))
+            self.reply(Reply(INTERNAL, internal_error(exc)))
             self.request.done(500)
 
     def cancel(self) -> None:
@@ -192,30 +171,50 @@ class Call:
         self.request.done(499, "cancelled")
 
 
-def start(body: bytes, encoding: Optional[bytes], started: float, deliver: Callable[[Reply], None]) -> Optional[Call]:
-    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `deliver` gets the reply, at
+def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], started: float,
+          reply: Callable[[Reply], None]) -> Optional[Call]:
+    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `reply` gets the reply, at
     once for a call refused before the model sees it (then None is returned), else from the event loop
     when the forecast is ready."""
-    limit = max_message_bytes("receive")
     try:
-        request = parse(body, encoding, limit)
+        request = parse(body, encoding, max_message_bytes("receive"))
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
-        return deliver(rejected("unknown", exc.status, str(exc), started))
-    model = http.SERVED.get(request.model_name)
-    if model is None:  # status and message as KServe's gRPC server gives them
-        return deliver(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
+        return reply(rejected("unknown", exc.status, str(exc), started))
+    model = registry.get_model(request.model_name)
+    if not isinstance(model, PerfPredictor):  # status and message as KServe's gRPC server gives them
+        return reply(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
     if not model.ready:
-        return deliver(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
-    call = Call(model, deliver)
+        return reply(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
+    call = Call(model, reply)
     try:
-        call.entry = model.submit_grpc(request, True, call.predicted)
+        call.entry = submit(model, request, True, call.predicted)
     except Exception as exc:  # the request's tensors are refused (InvalidInput), or a bug of ours
         call.predicted(None, exc)
         return None
     return call
 
 
-async def answer(body: bytes, encoding: Optional[bytes], started: float) -> Reply:
-    """`start` for a coroutine (the Envoy front's bridged calls)."""
-    return await until_done(lambda done: start(body, encoding, started, lambda reply: done(reply, None)))
+class ForecastServicer(InferenceServicer):
+    """KServe's servicer with our ModelInfer, for KServe's grpcio server (--grpc_front kserve). KServe's
+    interceptors still turn errors into statuses (INVALID_ARGUMENT for bad input); every other RPC,
+    and a model not ours or not ready, is KServe's."""
+
+    async def ModelInfer(self, request, context):
+        model = self._data_plane.model_registry.get_model(request.model_name)
+        if not isinstance(model, PerfPredictor) or not model.ready:
+            return await super().ModelInfer(request, context)
+        with metrics.tracked(model.name, "grpc", "v2_infer") as state:
+            try:
+                # grpcio hands calls to the loop one at a time: never inline (batching.py)
+                message = await until_done(lambda done: submit(model, request, False, done))
+            except InvalidInput as exc:
+                state.update(status=400, reason=reason_of(exc))
+                raise
+            state["status"] = 200
+            return ModelInferResponse.FromString(message)
+
+
+def use_forecast_servicer() -> None:
+    """KServe's GRPCServer builds its servicer from this module attribute; in each process that runs it."""
+    kserve_grpc_server.InferenceServicer = ForecastServicer

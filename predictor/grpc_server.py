@@ -1,17 +1,16 @@
-"""The gRPC port served inside this process: HTTP/2 by libnghttp2 (_h2.c) on the server's event loop.
+"""The native gRPC server (the default): HTTP/2 by libnghttp2 (_h2.c) on the server's event loop, in
+the single process and in each worker process, standing where KServe's GRPCServer would.
 
-Envoy in front (grpc_front.py) costs a second process on every call: single-series gRPC ran at 70-80%
-of REST JSON's rate, and its own ceiling with no model was 1,326 calls/s against 3,816 for libnghttp2
-on uvloop (README, Performance). Here a call goes from the socket to the model with no hop.
+ModelInfer goes to the model by grpc_infer.start, with no task: its reply is written from the
+callback that delivers its forecast. KServe's own servicer replies to the v2 protocol's other RPCs,
+with the statuses KServe's interceptor gives its errors. Limits: the message size flags,
+16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096 connections, caps
+on unanswered request bytes per connection and per process, and timeouts for connections that stay
+silent or idle and for calls whose request or reply stalls.
 
-`NativeGRPCServer` stands where KServe's GRPCServer would (same start/stop), in the single process and
-in each worker process. ModelInfer goes to the model by grpc_bridged.start, with no task: its reply is
-written from the callback that delivers its forecast. The v2 protocol's other RPCs are answered by
-KServe's own servicer, with the statuses KServe's interceptor gives its errors. Limits: the message
-size flags, 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096
-connections, caps on unanswered request bytes per connection and per process, and timeouts for
-connections that stay silent or idle and for calls whose request or reply stalls. On shutdown every connection, idle or not, gets a GOAWAY first (drain), then a final one;
-calls in flight are answered within the grace period.
+On SIGTERM every connection, idle or not, gets a GOAWAY first and the server keeps serving for
+--drain_seconds (`drain_on_shutdown`), so clients move elsewhere; then a final GOAWAY, and calls in
+flight get their replies within the grace period.
 """
 from __future__ import annotations
 
@@ -28,9 +27,10 @@ from kserve import errors
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import grpc_bridged
-from .grpc_bridged import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED, CallError, Reply
-from .grpc_front import INFER_PATH, listen_address
+from . import grpc_infer
+from .contract import (DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
+                       UNIMPLEMENTED, internal_error)
+from .grpc_infer import INFER_PATH, CallError, Reply
 
 try:
     from . import _h2 as h2  # compiled from _h2.c at install; needs libnghttp2.so.14
@@ -42,16 +42,15 @@ else:
 logger = logging.getLogger("perf_predictor")
 
 SERVICE = "inference.GRPCInferenceService"
-DEADLINE_EXCEEDED, INTERNAL = 4, 13
 MAX_HEADER_BYTES = 16 << 10  # HPACK-counted (name + value + 32 per field), as SETTINGS_MAX_HEADER_LIST_SIZE
 MAX_STREAMS = 1000  # per connection
 MAX_CONNECTIONS = 4096
-# request bytes held for calls not answered yet: per connection (or 4 messages, if more), per process
+# request bytes held for calls with no reply yet: per connection (or 4 messages, if more), per process
 MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED = 64 << 20, 256 << 20
 PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S = 10, 600  # a connection that says nothing / makes no call is closed
 CLOSE_TIMEOUT_S = 5  # a client that does not read what is left to send is cut off
 # a call whose request has not ended, or whose reply has not gone out, this long after it began or was
-# answered is reset (its bytes are held meanwhile); a connection that takes nothing for as long is cut off
+# replied to is reset (its bytes are held meanwhile); a connection that takes nothing for as long is cut off
 STALL_TIMEOUT_S = 60
 SWEEP_S = 5  # how often the timeouts above are checked
 STREAM_WINDOW, CONNECTION_WINDOW = 4 << 20, 16 << 20  # a 1,000-series request arrives without waiting
@@ -60,7 +59,7 @@ TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"
 KSERVE_STATUS = [((errors.InferenceError, errors.InvalidInput, errors.UnsupportedProtocol), INVALID_ARGUMENT),
                  ((errors.ServerNotReady, errors.ServerNotLive, errors.ModelNotReady), UNAVAILABLE),
                  ((errors.ModelNotFound,), NOT_FOUND), ((NotImplementedError,), UNIMPLEMENTED)]
-OK_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"), grpc_bridged.ACCEPT_ENCODING)
+OK_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"), grpc_infer.ACCEPT_ENCODING)
 OK_TRAILERS = ((b"grpc-status", b"0"),)
 INFER = INFER_PATH.encode()
 WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout")
@@ -71,6 +70,16 @@ NO_ERROR, INTERNAL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0, 2, 8, 11  # HTTP/2 erro
 
 def available() -> bool:
     return h2 is not None
+
+
+def listen_address() -> tuple[socket.AddressFamily, str]:
+    """All interfaces, as KServe's gRPC server listens: IPv6 and IPv4 where the host has IPv6."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::", 0))
+        return socket.AF_INET6, "::"
+    except OSError:
+        return socket.AF_INET, "0.0.0.0"
 
 
 def bind(port: int, reuse_port: bool = False) -> socket.socket:
@@ -112,29 +121,31 @@ def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable
 
 
 class Stream:
-    __slots__ = ("headers", "header_bytes", "chunks", "size", "begun", "call", "task", "deadline", "answered", "since")
+    __slots__ = ("headers", "header_bytes", "chunks", "size", "begun", "call", "task", "deadline", "replied", "since")
 
     def __init__(self, headers: dict[bytes, bytes], header_bytes: int):
-        self.since = time.monotonic()  # opened; then answered
+        self.since = time.monotonic()  # opened; then replied
         self.headers = headers  # the wanted fields only (_h2.c)
         self.header_bytes = header_bytes
         self.chunks: list[bytes] = []
         self.size = 0
         self.begun = False  # the request ended and was handed on: to the model (call) or KServe (task)
-        self.call: Optional[grpc_bridged.Call] = None
+        self.call: Optional[grpc_infer.Call] = None
         self.task: Optional[asyncio.Task] = None
         self.deadline: Optional[asyncio.TimerHandle] = None  # a ModelInfer's grpc-timeout
-        self.answered = False  # a reply was submitted (a too-large body is answered before it ends)
+        self.replied = False  # a reply was submitted (a too-large body is replied before it ends)
 
     def abandon(self) -> None:
         """The client reset the call or went away: no point finishing its work."""
         if self.task is not None:
             self.task.cancel()
-        if self.call is not None and not self.answered:
+        if self.call is not None and not self.replied:
             self.call.cancel()
 
 
 class NativeGRPCServer:
+    """Serves the gRPC port from this process's event loop until stop()."""
+
     def __init__(self, port: int, sock: Optional[socket.socket] = None, reuse_port: bool = False,
                  drain_s: int = 0, grace_period: int = 30):
         self.port = port
@@ -143,6 +154,7 @@ class NativeGRPCServer:
         self._sock = sock
         self._reuse_port = reuse_port
         self.rpcs: dict[bytes, tuple[type, Callable]] = {}
+        self.registry = None  # KServe's model registry (use())
         self.connections: set[Connection] = set()
         self.buffered = 0  # request bytes held by all connections
         self.draining = False
@@ -152,6 +164,7 @@ class NativeGRPCServer:
         self._stopped: Optional[asyncio.Future] = None
 
     def use(self, data_plane, model_repository_extension, grace_period: int) -> NativeGRPCServer:
+        self.registry = data_plane.model_registry
         self.rpcs = kserve_rpcs(InferenceServicer(data_plane, model_repository_extension))
         self.grace_period = grace_period
         return self
@@ -205,7 +218,7 @@ class NativeGRPCServer:
         return True
 
     async def stop(self, sig: Optional[int] = None) -> None:
-        """No new connections; calls in flight answered within the grace period; then every connection closes."""
+        """No new connections; calls in flight replied within the grace period; then every connection closes."""
         if self._stopping:
             return
         self._stopping = True
@@ -226,14 +239,14 @@ class NativeGRPCServer:
 
     def call(self, connection: Connection, stream_id: int, stream: Stream) -> None:
         """Answers one finished request stream, now or later; never raises. ModelInfer goes to the model
-        without a task (grpc_bridged.start), so its reply is written the moment its forecast is ready."""
+        without a task (grpc_infer.start), so its reply is written the moment its forecast is ready."""
         started = time.perf_counter()
         try:
             timeout = timeout_of(stream.headers.get(b"grpc-timeout"))
             path, encoding = stream.headers.get(b":path"), stream.headers.get(b"grpc-encoding")
             if path == INFER:
-                stream.call = grpc_bridged.start(b"".join(stream.chunks), encoding, started,
-                                                 partial(connection.reply, stream_id))
+                stream.call = grpc_infer.start(self.registry, b"".join(stream.chunks), encoding, started,
+                                               partial(connection.reply, stream_id))
                 if stream.call is not None and timeout is not None:
                     stream.deadline = self.loop.call_later(timeout, connection.expire_call, stream_id)
             elif path in self.rpcs:
@@ -248,7 +261,7 @@ class NativeGRPCServer:
     @staticmethod
     async def _kserve(request_class: type, handler: Callable, body: bytes, encoding: Optional[bytes]) -> Reply:
         try:
-            request = request_class.FromString(grpc_bridged.message_of(body, encoding, grpc_bridged.max_message_bytes("receive")))
+            request = request_class.FromString(grpc_infer.message_of(body, encoding, grpc_infer.max_message_bytes("receive")))
         except DecodeError as exc:
             return Reply(INVALID_ARGUMENT, f"the message is not a {request_class.__name__}: {exc}")
         try:
@@ -258,7 +271,7 @@ class NativeGRPCServer:
             if status is None:
                 raise
             return Reply(status, str(getattr(exc, "reason", exc)))
-        return Reply(0, "", grpc_bridged.framed(response.SerializeToString()))
+        return Reply(0, "", grpc_infer.framed(response.SerializeToString()))
 
 
 class Connection(asyncio.Protocol):
@@ -267,7 +280,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: NativeGRPCServer):
         self.server = server
         self.streams: dict[int, Stream] = {}
-        self.buffered = 0  # request bytes held for streams not yet answered
+        self.buffered = 0  # request bytes held for streams not yet replied
         self.spoke = False  # any bytes received
         self.last_active = time.monotonic()
         self.transport: Optional[asyncio.Transport] = None
@@ -316,7 +329,7 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for stream in self.streams.values():
             stream.abandon()
-            if not stream.answered:
+            if not stream.replied:
                 self._release(stream)
         self.streams.clear()
         if self.session is not None:
@@ -361,8 +374,8 @@ class Connection(asyncio.Protocol):
         """Resets calls whose request stopped arriving or whose reply is not being taken: their bytes
         are otherwise held as long as the connection stays open."""
         for stream_id, stream in list(self.streams.items()):
-            if now - stream.since > STALL_TIMEOUT_S and (stream.answered or not stream.begun):
-                if not stream.answered:
+            if now - stream.since > STALL_TIMEOUT_S and (stream.replied or not stream.begun):
+                if not stream.replied:
                     self._release(stream)
                 self.session.reset(stream_id, CANCEL)
         self.flush()
@@ -380,9 +393,9 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     # --- replies
-    def answer(self, stream_id: int, reply: Reply) -> None:
+    def submit_reply(self, stream_id: int, reply: Reply) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.answered or self.session is None:  # reset by the client meanwhile
+        if stream is None or stream.replied or self.session is None:  # reset by the client meanwhile
             return
         if self.notice_pending:
             self.notice_pending = False
@@ -393,12 +406,12 @@ class Connection(asyncio.Protocol):
         else:  # trailers-only
             submitted = self.session.respond(stream_id, (
                 *OK_HEADERS, (b"grpc-status", str(reply.status).encode()),
-                (b"grpc-message", grpc_bridged.grpc_message(reply.message))))
+                (b"grpc-message", grpc_infer.grpc_message(reply.message))))
         self._check_submitted(stream_id, submitted)
 
     def _release(self, stream: Stream) -> None:
-        """The request is answered: its bytes are no longer held."""
-        stream.answered = True
+        """The request is replied: its bytes are no longer held."""
+        stream.replied = True
         stream.since = time.monotonic()
         if stream.deadline is not None:
             stream.deadline.cancel()
@@ -416,25 +429,25 @@ class Connection(asyncio.Protocol):
         self._check_submitted(stream_id, self.session.respond(stream_id, ((b":status", status),)))
 
     def reply(self, stream_id: int, reply: Reply) -> None:
-        self.answer(stream_id, reply)
+        self.submit_reply(stream_id, reply)
         if not self.reading:
             self.flush()
 
     async def reply_when(self, stream_id: int, work: Awaitable[Reply]) -> None:
-        """The reply to a call KServe's servicer answers; never raises."""
+        """The reply to a call KServe's servicer handles; never raises."""
         try:
             reply = await work
         except asyncio.TimeoutError:
             reply = Reply(DEADLINE_EXCEEDED, "Deadline Exceeded")
         except Exception as exc:  # a bug of ours: the client still gets a status, the server stays up
             logger.exception("gRPC call failed")
-            reply = Reply(INTERNAL, f"internal error: {type(exc).__name__}")
+            reply = Reply(INTERNAL, internal_error(exc))
         self.reply(stream_id, reply)
 
     def expire_call(self, stream_id: int) -> None:
         """A ModelInfer's grpc-timeout passed before its forecast was ready."""
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.call is not None and not stream.answered:
+        if stream is not None and stream.call is not None and not stream.replied:
             stream.call.cancel()
             self.reply(stream_id, Reply(DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
@@ -461,30 +474,30 @@ class Connection(asyncio.Protocol):
 
     def _on_data(self, stream_id: int, data: bytes) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.answered:
+        if stream is None or stream.replied:
             return  # the rest of a body already refused: dropped
         length = len(data)
         stream.size += length
         self.buffered += length
         self.server.buffered += length
-        limit = grpc_bridged.max_message_bytes("receive")
-        # answered before the request has all arrived; the rest of it is read and dropped (an
+        limit = grpc_infer.max_message_bytes("receive")
+        # replied before the request has all arrived; the rest of it is read and dropped (an
         # RST_STREAM NO_ERROR to stop the upload left grpcio clients with INTERNAL, not this reply)
         if stream.size > limit + 5:
-            self.answer(stream_id, grpc_bridged.rejected("unknown", RESOURCE_EXHAUSTED, str(
-                grpc_bridged.too_large(stream.size - 5, limit)), time.perf_counter()))
+            self.submit_reply(stream_id, grpc_infer.rejected("unknown", RESOURCE_EXHAUSTED, str(
+                grpc_infer.too_large(stream.size - 5, limit)), time.perf_counter()))
         elif (self.buffered > max(MAX_BUFFERED_PER_CONNECTION, 4 * (limit + 5))
               or self.server.buffered > max(MAX_BUFFERED, 4 * (limit + 5))):
-            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
+            self.submit_reply(stream_id, Reply(RESOURCE_EXHAUSTED, "the server holds too many bytes of unanswered "
                                                               "requests; retry later or elsewhere"))
         else:
             stream.chunks.append(data)
 
     def _on_frame(self, stream_id: int, stream: Stream, headers: bool, end: bool) -> None:
-        if stream.answered or stream.begun:
+        if stream.replied or stream.begun:
             return
         if headers and stream.header_bytes > MAX_HEADER_BYTES:
-            self.answer(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
+            self.submit_reply(stream_id, Reply(RESOURCE_EXHAUSTED, f"request headers larger than {MAX_HEADER_BYTES} bytes"))
         elif not end:
             return
         elif stream.headers.get(b":method") != b"POST":
@@ -499,9 +512,48 @@ class Connection(asyncio.Protocol):
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.abandon()
-            if not stream.answered:
+            if not stream.replied:
                 self._release(stream)
 
 
 def is_grpc(content_type: bytes) -> bool:
     return content_type == b"application/grpc" or content_type.startswith((b"application/grpc+", b"application/grpc;"))
+
+
+class DrainFirst:
+    """`drain_first(then, *args)`: on the first signal, drain `server` (GOAWAY to every connection),
+    keep serving `server.drain_s` seconds so calls arriving meanwhile are replied with the GOAWAY, then
+    `then(*args)`, the stop it stands before. A second signal ends the wait at once. Runs in a signal
+    handler, on the loop's thread."""
+
+    def __init__(self, server: NativeGRPCServer):
+        self.server = server
+        self.waiting: list = []
+
+    def __call__(self, then, *args) -> None:
+        if not self.server.drain() or self.server.drain_s <= 0:
+            for handle in self.waiting:
+                handle.cancel()
+            then(*args)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the loop has not started or has ended: nothing to wait for
+            then(*args)
+            return
+        logger.info("draining gRPC connections; stopping in %ds", self.server.drain_s)
+        self.waiting.append(loop.call_soon_threadsafe(
+            lambda: self.waiting.append(loop.call_later(self.server.drain_s, then, *args))))
+
+
+def drain_on_shutdown(server: NativeGRPCServer) -> None:
+    """In the single process: the stop waits for the drain. uvicorn takes the signal and stops REST at
+    once (KServe's ModelServer.stop only runs after it), so both are wrapped. (Worker processes drain
+    their own server: workers.py.)"""
+    import uvicorn
+    from kserve import ModelServer
+
+    handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
+    drain_first = DrainFirst(server)
+    uvicorn.Server.handle_exit = lambda self, sig, frame: drain_first(handle_exit, self, sig, frame)
+    ModelServer.stop = lambda self, sig: drain_first(stop, self, sig)

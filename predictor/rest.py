@@ -1,0 +1,220 @@
+"""REST inference on KServe's FastAPI app: the v2 infer route of our models, answered ahead of
+FastAPI, and what every inference request gets on this port.
+
+- POST /v2/models/<our model>/infer (JSON and binary tensors) is answered before the app's middleware
+  stack: KServe's route would build a pydantic object per number. Every other route (health,
+  metadata, v1 `:predict`) stays KServe's.
+- A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is read as
+  JSON unless the binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
+- Client mistakes are 400 `{"error": ...}` (FastAPI's own validation errors would be 422), and every
+  inference request is counted and timed here, rejected ones with their reason; `/metrics` serves
+  the sum over all worker processes.
+
+`RESTServer` installs this in every process that serves REST (KServe builds the app in each worker).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from contextvars import ContextVar
+from typing import Optional
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kserve import model_server
+from kserve.errors import InvalidInput
+from kserve.model_repository import ModelRepository
+from kserve.protocol.rest import server as kserve_rest
+
+from . import codec, metrics
+from .contract import internal_error, reason_of
+from .model import PerfPredictor
+
+logger = logging.getLogger("perf_predictor")
+BINARY_HEADER = b"inference-header-content-length"
+JSON_TYPE = b"application/json"
+V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
+INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
+
+# The request being answered by KServe's routes, for the 4xx reason its exception handler finds.
+request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request", default=None)
+
+
+class RESTServer(kserve_rest.RESTServer):
+    """KServe's REST server with this module's additions, for our models in KServe's registry."""
+
+    def create_application(self) -> None:
+        super().create_application()
+        install(model_server.app, self.dataplane.model_registry)
+
+
+def ours(registry: ModelRepository, name: str) -> Optional[PerfPredictor]:
+    model = registry.get_model(name)
+    return model if isinstance(model, PerfPredictor) else None
+
+
+# --- the v2 infer route of our models
+async def reply(send, status: int, body: bytes, json_length: Optional[int] = None) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if json_length is None:
+        headers.append((b"content-type", b"application/json"))
+    else:
+        headers += [(b"content-type", b"application/octet-stream"), (BINARY_HEADER, str(json_length).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None) -> None:
+    state.update(status=status, reason=reason)
+    if status < 500:
+        logger.info("rejected request: %s", message)
+    await reply(send, status, orjson.dumps({"error": message}))
+
+
+async def read_body(receive) -> bytes:
+    """An ASGI request's whole body."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
+    with metrics.tracked(model.name, "rest", "v2_infer") as state:
+        body = await read_body(receive)
+        json_length = None
+        for key, value in scope["headers"]:
+            if key == BINARY_HEADER:
+                try:
+                    json_length = int(value)
+                except ValueError:
+                    return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
+                                             "malformed_body")
+        try:
+            history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
+            with metrics.predict_seconds(model.name).time():
+                forecasts = await model.forecast(history, "rest", inline=True)
+            body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
+                                                           forecasts)
+        except InvalidInput as exc:
+            return await reply_error(send, state, 400, str(exc), reason_of(exc))
+        except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
+            logger.exception("inference failed")
+            return await reply_error(send, state, 500, internal_error(exc))
+        state["status"] = 200
+        await reply(send, 200, body, reply_json_length)
+
+
+def answer_v2_infer_first(app, registry: ModelRepository) -> None:
+    """KServe's uvicorn server takes the module-level FastAPI object by import string, in every
+    worker process, so the object itself changes: its class becomes a subclass that looks first."""
+    base = type(app)
+
+    class V2InferFirst(base):
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
+                model = ours(registry, match.group(1))
+                if model is not None and model.ready:
+                    return await infer_v2(model, scope, receive, send)
+            await base.__call__(self, scope, receive, send)
+
+    V2InferFirst.__name__ = f"V2InferFirst{base.__name__}"
+    app.__class__ = V2InferFirst
+
+
+# --- every other inference request, through KServe's routes
+class JsonContentTypeMiddleware:
+    """Inference POSTs without the binary-tensor header are read as JSON."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and INFERENCE_PATH.match(scope["path"]):
+            headers = list(scope["headers"])
+            if all(k != BINARY_HEADER for k, _ in headers):
+                headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", JSON_TYPE)]
+                scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Serves /metrics; counts and times every inference request that reaches KServe's routes."""
+
+    def __init__(self, app, registry: ModelRepository):
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            body, content_type = metrics.exposition()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", content_type.encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        match = INFERENCE_PATH.match(scope["path"]) if scope["method"] == "POST" else None
+        if not match:
+            return await self.app(scope, receive, send)
+        name = match.group("v2") or match.group("v1")
+        model = name if ours(self.registry, name) is not None else "unknown"  # no label per made-up path
+        endpoint = "v2_infer" if match.group("v2") else "v1_predict"
+        with metrics.tracked(model, "rest", endpoint) as state:
+            token = request_state.set(state)
+
+            async def capture_status(message):
+                if message["type"] == "http.response.start":
+                    state["status"] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, capture_status)
+            finally:
+                request_state.reset(token)
+
+
+def note_rejection(reason: Optional[str]) -> None:
+    state = request_state.get()
+    if state is not None:
+        state["reason"] = reason
+
+
+async def invalid_input_handler(_request, exc: InvalidInput) -> JSONResponse:
+    """KServe's reply to a client mistake (400 {"error": ...}), with its reason counted and one INFO line."""
+    note_rejection(reason_of(exc))
+    logger.info("rejected request: %s", exc)
+    return JSONResponse(status_code=400, content={"error": str(exc)})
+
+
+def _describe(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return "the body is not valid JSON"
+    # The v2 body is typed "InferenceRequest or raw bytes": the bytes branch's complaint only confuses.
+    errors = [e for e in errors if tuple(e.get("loc", ()))[:2] != ("body", "bytes")] or errors
+    problems = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "malformed request body: " + "; ".join(problems)
+
+
+async def validation_error_handler(_request, exc: RequestValidationError) -> JSONResponse:
+    note_rejection("malformed_body")
+    return JSONResponse(status_code=400, content={"error": _describe(exc)})
+
+
+def install(app, registry: ModelRepository) -> None:
+    """Once per process and app. Starlette puts the last added middleware outermost: metrics see
+    everything, then content type; our models' v2 infer requests are answered before all of it."""
+    if getattr(app, "perf_predictor_installed", False):
+        return
+    answer_v2_infer_first(app, registry)
+    app.add_middleware(JsonContentTypeMiddleware)
+    app.add_middleware(MetricsMiddleware, registry=registry)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(InvalidInput, invalid_input_handler)
+    app.perf_predictor_installed = True
