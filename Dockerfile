@@ -51,6 +51,7 @@ RUN headers=""; \
     && apt-get install -y --no-install-recommends gcc libc6-dev binutils libnghttp2-14 $headers \
     && rm -rf /var/lib/apt/lists/*
 COPY predictor ./predictor
+COPY forecast_loop ./forecast_loop
 COPY pyproject.toml setup.py README* LICENSE* ./
 RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && pip install --no-deps /tmp/wheels/*.whl \
@@ -58,7 +59,7 @@ RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
     && { find /opt/venv/lib -name '*.so*' -type f -not -path '*.libs/*' -exec strip --strip-unneeded {} + || true; } \
-    && python -I -c "import predictor._h2, predictor.__main__, numba, llvmlite.binding, sklearn.ensemble, kserve, uvloop" \
+    && python -I -c "import predictor._h2, predictor.__main__, forecast_loop.__main__, numba, llvmlite.binding, sklearn.ensemble, kserve, uvloop" \
     && python -m compileall -q -j 0 /opt/venv/lib > /dev/null
 
 # The forecaster's numba functions compiled now, into a cache the read-only image carries: a start-up
