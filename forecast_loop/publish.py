@@ -143,7 +143,7 @@ class LoopMetrics:
         for target, view in list(self.views.items()):
             t = {"target": target}
 
-            def add(name: str, value: float, **extra) -> None:
+            def add(name: str, value: float, t: dict = t, **extra) -> None:
                 families[name].add_sample(name, {**t, **extra}, value)
 
             add("perf_predictor_forecast_stale", float(view.stale))

@@ -13,7 +13,7 @@ import orjson
 import simdjson
 
 from .contract import (INPUT_DATATYPES, INPUT_NAME, OUTPUT_DATATYPE, HistoryLength, RequestError, check_history,
-                       check_tensor_header, too_short)
+                       check_rows, check_tensor_header)
 
 
 def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
@@ -257,8 +257,6 @@ def decode_v1(payload: Any, need: HistoryLength) -> np.ndarray:
         raise RequestError("missing_instances", 'the body has no "instances": send {"instances": [[...], ...]}')
     if not isinstance(instances, list):
         raise RequestError("wrong_rank", '"instances" must be a list of series (lists of numbers)')
-    if not instances:
-        return check_history(np.empty((0, need.window)), need)
     rows = []
     for i, instance in enumerate(instances):
         if not isinstance(instance, list):
@@ -269,12 +267,8 @@ def decode_v1(payload: Any, need: HistoryLength) -> np.ndarray:
             raise RequestError("wrong_datatype", f"instance {i} holds something other than numbers") from None
         if row.ndim != 1:
             raise RequestError("wrong_rank", f"instance {i} must be a flat list of numbers")
-        if len(row) < need.minimum:
-            raise too_short(i, len(row), need)
-        rows.append(row[-need.window:])
-    if len({len(row) for row in rows}) > 1:  # only where the model accepts series shorter than its window
-        raise RequestError("ragged", "the instances have different lengths: send series of one length")
-    return check_history(np.stack(rows), need)
+        rows.append(row)
+    return check_rows(rows, need)
 
 
 def encode_v1(names: Sequence[str], forecasts: np.ndarray) -> dict:

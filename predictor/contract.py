@@ -77,9 +77,11 @@ def too_short(index: int, length: int, need: HistoryLength) -> RequestError:
     return RequestError("too_short", f"instance {index} has {length} points; each series needs at least {need.minimum}")
 
 
-def check_history(history: np.ndarray, need: HistoryLength) -> np.ndarray:
-    """Non-empty, long enough, finite. Returns the last `window` points (fewer if the series is
-    shorter and the model accepts it) as float64."""
+def check_history(history: np.ndarray, need: HistoryLength, first: int = 0) -> np.ndarray:
+    """Non-empty, long enough, finite. Returns the last `window` points as float64 [n, window]; a series
+    shorter than the window (the model accepts it from `need.minimum` points) is padded on the left
+    with NaN, which the forecaster reads as no history, so requests of any length share a batch.
+    `first`: the index of the first row, for the error message."""
     if history.shape[0] == 0:
         raise RequestError("empty_batch", "the batch is empty: send at least one series")
     if history.shape[1] < need.minimum:
@@ -93,7 +95,26 @@ def check_history(history: np.ndarray, need: HistoryLength) -> np.ndarray:
         row, col = np.argwhere(~finite)[0]
         raise RequestError(
             "non_finite",
-            f"series {row} has a NaN or infinite value at position {col} of its last {recent.shape[1]} points; "
-            "fill gaps before sending",
+            f"series {row + first} has a NaN or infinite value at position {col} of its last {recent.shape[1]} "
+            "points; fill gaps before sending",
         )
-    return recent
+    missing = need.window - recent.shape[1]
+    if missing <= 0:
+        return recent
+    padded = np.full((recent.shape[0], need.window), np.nan)
+    padded[:, missing:] = recent
+    return padded
+
+
+def check_rows(rows: list[np.ndarray], need: HistoryLength) -> np.ndarray:
+    """`check_history` for series given one by one (v1 instances, time-series inputs), which may differ
+    in length: each is cut to the window, checked and padded on its own."""
+    if not rows:
+        return check_history(np.empty((0, need.window)), need)
+    for i, row in enumerate(rows):
+        if len(row) < need.minimum:
+            raise too_short(i, len(row), need)
+    recent = [np.asarray(row[-need.window:], dtype=np.float64) for row in rows]
+    if len({len(row) for row in recent}) == 1:
+        return check_history(np.stack(recent), need)
+    return np.vstack([check_history(row[None, :], need, first=i) for i, row in enumerate(recent)])

@@ -26,7 +26,7 @@ from . import codec, metrics
 from .batching import Pending, until_done
 from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error, reason_of)
-from .model import PerfPredictor
+from .model import PerfPredictor, served
 
 logger = logging.getLogger("perf_predictor")
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -181,8 +181,8 @@ def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], sta
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
         return reply(rejected("unknown", exc.status, str(exc), started))
-    model = registry.get_model(request.model_name)
-    if not isinstance(model, PerfPredictor):  # status and message as KServe's gRPC server gives them
+    model = served(registry, request.model_name)
+    if model is None:  # status and message as KServe's gRPC server gives them
         return reply(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
     if not model.ready:
         return reply(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
@@ -201,8 +201,8 @@ class ForecastServicer(InferenceServicer):
     and a model not ours or not ready, is KServe's."""
 
     async def ModelInfer(self, request, context):
-        model = self._data_plane.model_registry.get_model(request.model_name)
-        if not isinstance(model, PerfPredictor) or not model.ready:
+        model = served(self._data_plane.model_registry, request.model_name)
+        if model is None or not model.ready:
             return await super().ModelInfer(request, context)
         with metrics.tracked(model.name, "grpc", "v2_infer") as state:
             try:

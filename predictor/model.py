@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 from kserve import Model
+from kserve.model_repository import ModelRepository
 
 from forecaster import artifact
 from forecaster.model import QuantileForecaster
@@ -103,3 +104,9 @@ class PerfPredictor(Model):
         """KServe's v1 route (`:predict`); the v2 routes are answered by rest.py and grpc_infer.py."""
         forecasts = await self.forecast(codec.decode_v1(payload, self.history_length), "rest", inline=True)
         return codec.encode_v1(self.output_names, forecasts)
+
+
+def served(registry: ModelRepository, name: str) -> Optional[PerfPredictor]:
+    """The model of ours registered under `name` in KServe's registry, if any."""
+    model = registry.get_model(name)
+    return model if isinstance(model, PerfPredictor) else None

@@ -27,12 +27,12 @@ from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import codec, metrics
+from . import codec, metrics, timeseries
+from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
-from .model import PerfPredictor
+from .model import PerfPredictor, served
 
 logger = logging.getLogger("perf_predictor")
-BINARY_HEADER = b"inference-header-content-length"
 JSON_TYPE = b"application/json"
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
 INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
@@ -49,37 +49,12 @@ class RESTServer(kserve_rest.RESTServer):
         install(model_server.app, self.dataplane.model_registry)
 
 
-def ours(registry: ModelRepository, name: str) -> Optional[PerfPredictor]:
-    model = registry.get_model(name)
-    return model if isinstance(model, PerfPredictor) else None
-
-
 # --- the v2 infer route of our models
-async def reply(send, status: int, body: bytes, json_length: Optional[int] = None) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
-    if json_length is None:
-        headers.append((b"content-type", b"application/json"))
-    else:
-        headers += [(b"content-type", b"application/octet-stream"), (BINARY_HEADER, str(json_length).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None) -> None:
     state.update(status=status, reason=reason)
     if status < 500:
         logger.info("rejected request: %s", message)
     await reply(send, status, orjson.dumps({"error": message}))
-
-
-async def read_body(receive) -> bytes:
-    """An ASGI request's whole body."""
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
@@ -116,9 +91,11 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
-                model = ours(registry, match.group(1))
+                model = served(registry, match.group(1))
                 if model is not None and model.ready:
                     return await infer_v2(model, scope, receive, send)
+            if timeseries.handles(scope):  # KServe's time-series API, registered by KServe for its own models only
+                return await timeseries.serve(registry, scope, receive, send)
             await base.__call__(self, scope, receive, send)
 
     V2InferFirst.__name__ = f"V2InferFirst{base.__name__}"
@@ -160,7 +137,7 @@ class MetricsMiddleware:
         if not match:
             return await self.app(scope, receive, send)
         name = match.group("v2") or match.group("v1")
-        model = name if ours(self.registry, name) is not None else "unknown"  # no label per made-up path
+        model = name if served(self.registry, name) is not None else "unknown"  # no label per made-up path
         endpoint = "v2_infer" if match.group("v2") else "v1_predict"
         with metrics.tracked(model, "rest", endpoint) as state:
             token = request_state.set(state)

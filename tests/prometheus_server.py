@@ -54,7 +54,7 @@ class PrometheusProcess:
 
     def start(self, timeout: float = 60) -> None:
         """Start on the last port (or a free one), retrying on another port if it is taken."""
-        for attempt in range(5):
+        for _ in range(5):
             self.port = self.port or free_port()
             with self.log_path.open("a") as log:
                 self.proc = subprocess.Popen(

@@ -34,6 +34,11 @@ def window(card) -> int:
 
 
 @pytest.fixture(scope="module")
+def min_history(card) -> int:
+    return card["min_history"]
+
+
+@pytest.fixture(scope="module")
 def horizon(card) -> int:
     return card["horizon"]
 
@@ -146,6 +151,30 @@ def test_longer_history_uses_the_last_window_points(server, window):
         np.testing.assert_array_equal(short[n], long[n])
 
 
+def test_a_new_series_is_forecast_from_min_history_points(server, model_dir, window, min_history):
+    """Cold start: from the model's minimum history (2 hours at a 5-minute step) up to W points, every
+    protocol forecasts what the forecaster itself does from that short history; v1 rows may differ in
+    length; one point fewer is a 400 that names the minimum."""
+    assert min_history < window
+    forecaster, _ = artifact.load(str(model_dir))
+    short = histories(2, min_history, seed=11)
+    expected = forecaster.predict(short)
+    for got in (triton_grpc(server, short), triton_http(server, short, binary=False)):
+        for q, n in enumerate(OUTPUTS):
+            np.testing.assert_allclose(got[n], expected[q], rtol=1e-5, atol=1e-5)
+    longer = histories(1, window + 10, seed=12)
+    status, body = post(server, f"/v1/models/{MODEL_NAME}:predict",
+                        json.dumps({"instances": [short[0].tolist(), longer[0].tolist()]}).encode())
+    assert status == 200, body
+    expected_longer = forecaster.predict(longer)
+    for q, n in enumerate(OUTPUTS):
+        np.testing.assert_allclose(body["predictions"][0][n], expected[q][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(body["predictions"][1][n], expected_longer[q][0], rtol=1e-5, atol=1e-5)
+    status, body = post(server, f"/v2/models/{MODEL_NAME}/infer",
+                        v2_body(window, shape=[1, min_history - 1], data=[1.0] * (min_history - 1)))
+    assert status == 400 and f"at least {min_history} points" in body["error"], body
+
+
 def test_forecast_follows_the_level_of_the_series(server, window):
     """Scale invariance: the same shape at 1000x the level gives a 1000x forecast."""
     data = histories(1, window, seed=9)
@@ -222,7 +251,7 @@ V2_BAD_INPUTS = {
     "unknown input name": (lambda w: v2_body(w, name="load"), "unknown input 'load'"),
     "wrong datatype": (lambda w: v2_body(w, datatype="INT64", data=[1] * w), "send FP32 or FP64"),
     "wrong rank": (lambda w: v2_body(w, shape=[w]), "shape [batch, length]"),
-    "too short": (lambda w: v2_body(w, shape=[1, 10], data=[1.0] * 10), "at least {w} points"),
+    "too short": (lambda w: v2_body(w, shape=[1, 10], data=[1.0] * 10), "at least {m} points"),
     "NaN value": (lambda w: v2_body(w, data=[1.0] * (w - 1) + ["NaN"]), "NaN or infinite"),
     "infinite value": (lambda w: v2_body(w, data=["inf"] + [1.0] * (w - 1)), "NaN or infinite"),
     "empty batch": (lambda w: v2_body(w, shape=[0, w], data=[]), "batch is empty"),
@@ -241,11 +270,11 @@ V2_BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(V2_BAD_INPUTS))
-def test_v2_bad_input_is_a_400_with_protocol_error(server, window, case):
+def test_v2_bad_input_is_a_400_with_protocol_error(server, window, min_history, case):
     make_body, expected = V2_BAD_INPUTS[case]
     status, body = post(server, f"/v2/models/{MODEL_NAME}/infer", make_body(window))
     assert status == 400, body
-    assert set(body) == {"error"} and expected.format(w=window) in body["error"]
+    assert set(body) == {"error"} and expected.format(w=window, m=min_history) in body["error"]
     assert get(server, "/v2/health/live") == (200, {"live": True})
 
 
@@ -267,14 +296,14 @@ def test_v1_bad_input_is_a_400_with_protocol_error(server, case):
     assert expected in result["error"]
 
 
-def test_grpc_bad_input_is_invalid_argument(server, window):
+def test_grpc_bad_input_is_invalid_argument(server, window, min_history):
     client = grpcclient.InferenceServerClient(server.grpc_host)
     inp = grpcclient.InferInput("history", [1, 10], "FP32")
     inp.set_data_from_numpy(np.ones((1, 10), dtype=np.float32))
     with pytest.raises(InferenceServerException) as err:
         client.infer(MODEL_NAME, [inp])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert f"at least {window} points" in err.value.message()
+    assert f"at least {min_history} points" in err.value.message()
     wrong_type = grpcclient.InferInput("history", [1, window], "INT32")
     wrong_type.set_data_from_numpy(np.ones((1, window), dtype=np.int32))
     with pytest.raises(InferenceServerException) as err:

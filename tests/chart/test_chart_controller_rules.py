@@ -17,7 +17,7 @@ from functools import lru_cache
 import pytest
 import yaml
 
-from chartlib import CASES, CI_DIR, CHART, NAMESPACE, REPO, case_args, pod_specs, render
+from chartlib import CASES, CI_DIR, CHART, REPO, case_args, pod_specs, render
 from test_chart_pod_security import restricted_violations
 
 # The KServe versions the chart supports; tests run the version-dependent rules for each.
