@@ -138,14 +138,19 @@ def wait_ready(server: Server, timeout: float = 60) -> None:
     raise AssertionError(f"server not ready after {timeout}s:\n{server.log()}")
 
 
-def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
+def end_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            server.process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+            process.kill()
+            process.wait()
+
+
+def stop_server(server: Server) -> None:
+    end_process(server.process, 15)
 
 
 @pytest.fixture(scope="session")
