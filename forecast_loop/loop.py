@@ -114,10 +114,8 @@ class ForecastLoop:
     def run_once(self) -> None:
         started = time.perf_counter()
         now = self.clock()
-        try:
-            if self.spec is None:
-                self.spec = self.model.spec()
-            spec = self.spec
+        try:  # every iteration: a replaced model (new W, H, step or quantiles) is seen at once
+            self.spec = spec = self.model.spec()
         except ModelError as exc:
             for state in self.states.values():
                 self._failed(state, exc.reason, str(exc))
@@ -149,7 +147,6 @@ class ForecastLoop:
         try:
             forecasts = self.model.forecast(np.concatenate([w.values for _, w, _ in gathered]), spec)
         except ModelError as exc:
-            self.spec = None  # read the metadata again: the model may have been replaced
             for state, _, _ in gathered:
                 self._failed(state, exc.reason, str(exc))
             return

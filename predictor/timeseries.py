@@ -210,7 +210,8 @@ def parse_timestamp(text: Optional[str], i: int) -> datetime:
                                              "first point): the forecast's timestamps start from it",
                             f"inputs[{i}].start_timestamp")
     try:
-        return datetime.fromisoformat(text)
+        # Python 3.10's fromisoformat does not read KServe's trailing "Z"
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise ForecastError("invalid_timestamp", f"inputs[{i}].start_timestamp {text[:64]!r} is not an ISO 8601 "
                                                  "timestamp such as 2026-01-31T12:00:00Z",
