@@ -116,6 +116,46 @@ def test_two_workers_start_from_the_compiled_cache(image, metrics, window, horiz
         container.remove()
 
 
+LOOP_CONFIG = """\
+prometheus: {url: "http://127.0.0.1:9", timeout: 1s}
+model: {url: "http://127.0.0.1:8080", name: perf-predictor}
+interval: 2s
+listen: "127.0.0.1:9400"
+targets:
+  - {name: requests, query: "sum(rate(http_requests_total[5m]))", step: 5m}
+"""
+SCRAPE_LOOP = ("import urllib.request; "
+               "print(urllib.request.urlopen('http://127.0.0.1:9400/metrics', timeout=5).read().decode())")
+
+
+def test_forecast_loop_runs_in_the_image(container):
+    """The same image runs the forecast loop (`python -m forecast_loop`, the chart's forecastLoop command)
+    as UID 10001 on the read-only root: a config is checked, a bad key is refused with exit 2, and the
+    loop serves /metrics, counting an unreachable Prometheus by reason while it keeps running."""
+    write = ["exec", "-i", container.name, "sh", "-c"]
+    subprocess.run(["docker", *write, "cat > /tmp/loop.yaml"], input=LOOP_CONFIG, text=True, check=True)
+    checked = docker("exec", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/loop.yaml", "--check")
+    assert "1 target" in checked.stdout
+    bad = LOOP_CONFIG.replace("interval:", "intervall:")
+    subprocess.run(["docker", *write, "cat > /tmp/bad.yaml"], input=bad, text=True, check=True)
+    refused = docker("exec", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/bad.yaml", check=False)
+    assert refused.returncode == 2 and "intervall" in refused.stderr, refused.stderr
+
+    docker("exec", "-d", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/loop.yaml")
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        scraped = docker("exec", container.name, "python", "-c", SCRAPE_LOOP, check=False)
+        text = scraped.stdout
+        if 'reason="prometheus_unreachable"' in text:
+            break
+        time.sleep(0.5)
+    counted = re.search(r'^perf_predictor_forecast_errors_total\{(?=[^}]*reason="prometheus_unreachable")'
+                        r'(?=[^}]*target="requests")[^}]*\} ([0-9.e+]+)$', text, re.MULTILINE)
+    assert counted and float(counted.group(1)) >= 1, text[-2000:]
+    assert container.ready()
+
+
 def test_sigterm_exits_zero_within_10s(container, metrics):
     """Last in this module: it stops the shared container."""
     assert container.state()["Running"]
@@ -172,44 +212,3 @@ def test_dev_target_reloads_a_synced_file(dev_image, metrics):
         assert code == "0", container.logs()[-3000:]
     finally:
         container.remove()
-
-
-
-LOOP_CONFIG = """\
-prometheus: {url: "http://127.0.0.1:9", timeout: 1s}
-model: {url: "http://127.0.0.1:8080", name: perf-predictor}
-interval: 2s
-listen: "127.0.0.1:9400"
-targets:
-  - {name: requests, query: "sum(rate(http_requests_total[5m]))", step: 5m}
-"""
-SCRAPE_LOOP = ("import urllib.request; "
-               "print(urllib.request.urlopen('http://127.0.0.1:9400/metrics', timeout=5).read().decode())")
-
-
-def test_forecast_loop_runs_in_the_image(container):
-    """The same image runs the forecast loop (`python -m forecast_loop`, the chart's forecastLoop command)
-    as UID 10001 on the read-only root: a config is checked, a bad key is refused with exit 2, and the
-    loop serves /metrics, counting an unreachable Prometheus by reason while it keeps running."""
-    write = ["exec", "-i", container.name, "sh", "-c"]
-    subprocess.run(["docker", *write, "cat > /tmp/loop.yaml"], input=LOOP_CONFIG, text=True, check=True)
-    checked = docker("exec", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/loop.yaml", "--check")
-    assert "1 target" in checked.stdout
-    bad = LOOP_CONFIG.replace("interval:", "intervall:")
-    subprocess.run(["docker", *write, "cat > /tmp/bad.yaml"], input=bad, text=True, check=True)
-    refused = docker("exec", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/bad.yaml", check=False)
-    assert refused.returncode == 2 and "intervall" in refused.stderr, refused.stderr
-
-    docker("exec", "-d", container.name, "python", "-m", "forecast_loop", "--config", "/tmp/loop.yaml")
-    deadline = time.monotonic() + 30
-    text = ""
-    while time.monotonic() < deadline:
-        scraped = docker("exec", container.name, "python", "-c", SCRAPE_LOOP, check=False)
-        text = scraped.stdout
-        if 'reason="prometheus_unreachable"' in text:
-            break
-        time.sleep(0.5)
-    counted = re.search(r'^perf_predictor_forecast_errors_total\{(?=[^}]*reason="prometheus_unreachable")'
-                        r'(?=[^}]*target="requests")[^}]*\} ([0-9.e+]+)$', text, re.MULTILINE)
-    assert counted and float(counted.group(1)) >= 1, text[-2000:]
-    assert container.ready()
