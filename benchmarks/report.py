@@ -63,7 +63,8 @@ def container_section(metrics: dict) -> str:
         if key in metrics:
             lines.append(f"| {label} | {metrics[key]} |")
     if "measured_at" in metrics:
-        lines += ["", f"Measured {metrics['measured_at']}."]
+        load = f", load average {metrics['load_average']}" if "load_average" in metrics else ""
+        lines += ["", f"Measured {metrics['measured_at']}{load}."]
     return "\n".join(lines) + "\n"
 
 
