@@ -53,7 +53,7 @@ def library_versions() -> dict[str, str]:
 
 def save(model_dir: str | Path, forecaster: QuantileForecaster, name: str, version: str | None = None,
          **card_fields: Any) -> dict:
-    """Write the estimators and a card describing them; returns the card."""
+    """Write the estimators, their trees (what serving loads) and a card describing them; returns the card."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     import skops.io as sio

@@ -165,6 +165,8 @@ class TreeArrays:
         if sizes.ndim != 1 or not len(sizes) or sizes.dtype.kind not in "iu" or (sizes < 1).any() \
                 or sizes.sum() != len(self.nodes["left"]):
             raise ValueError("tree sizes must be positive and add up to the node count")
+        if not np.isin(self.nodes["is_leaf"], (0, 1)).all():
+            raise ValueError("is_leaf must be 0 or 1")
         split = self.nodes["is_leaf"] == 0
         own_size = np.repeat(sizes, sizes)[split]
         index = (np.arange(len(split)) - np.repeat(np.cumsum(sizes) - sizes, sizes))[split]

@@ -172,6 +172,7 @@ def test_trees_holding_a_pickle_are_refused_unopened(model_dir, tmp_path):
     ("1/right", lambda a: np.zeros_like(a), "right child lies outside its tree or before its parent"),
     ("2/feature_idx", lambda a: a + 10_000, "reads a feature outside"),
     ("0/value", lambda a: a.astype(np.int64), "thresholds and values float"),
+    ("2/is_leaf", lambda a: a * 2, "is_leaf must be 0 or 1"),
     ("1/sizes", lambda a: a[:-1], "add up to the node count"),
     ("baselines", lambda a: a[:1], "one per quantile"),
 ])
