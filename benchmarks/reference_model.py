@@ -11,7 +11,7 @@ model, so both forecast the same thing and answer in the same format:
 
 Persistence: a pickle of plain scikit-learn estimators and numbers, written and read only by this
 benchmark on this machine (it never loads a file from anyone else), so pickle is acceptable here; the
-served project model itself is loaded with skops through `forecaster.artifact`.
+served project model itself is loaded through `forecaster.artifact` (plain arrays, or skops).
 
     python benchmarks/reference_model.py --out .cache/bench/reference.pkl   # train (about a minute)
 """

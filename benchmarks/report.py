@@ -63,7 +63,8 @@ def container_section(metrics: dict) -> str:
         if key in metrics:
             lines.append(f"| {label} | {metrics[key]} |")
     if "measured_at" in metrics:
-        lines += ["", f"Measured {metrics['measured_at']}."]
+        load = f", load average {metrics['load_average']}" if "load_average" in metrics else ""
+        lines += ["", f"Measured {metrics['measured_at']}{load}."]
     return "\n".join(lines) + "\n"
 
 
@@ -81,7 +82,7 @@ def main() -> int:
     if args.serving.exists():
         parts.append(run.render(json.loads(args.serving.read_text()), level=2))
     args.out.write_text("\n".join(parts))
-    print(f"wrote {args.out.relative_to(REPO)} from {', '.join(str(p) for p in (args.container, args.serving) if p.exists())}")
+    print(f"wrote {args.out} from {', '.join(str(p) for p in (args.container, args.serving) if p.exists())}")
     return 0
 
 

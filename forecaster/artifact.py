@@ -1,7 +1,11 @@
-"""The model directory: `model-card.json` plus skops artifacts, written by training, read by serving.
+"""The model directory: `model-card.json`, the estimators (skops) and their trees (npz), written by
+training, read by serving.
 
 A model directory comes from object storage others can write to, so loading never runs code from it:
-every artifact's sha256 must match the card, and skops may only rebuild the types listed here.
+every artifact's sha256 must match the card. Serving reads the trees from `trees.npz`, plain numeric
+arrays loaded without pickle, so it never imports scikit-learn or skops (seconds of start-up).
+Training and evaluation, and directories written before the npz, load the estimators with skops,
+which may only rebuild the types listed here.
 """
 from __future__ import annotations
 
@@ -13,13 +17,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
+import numpy as np
 
 from . import features
+from .compiled import NODE_FIELDS, TreeArrays
 from .model import ForecastSpec, QuantileForecaster
 
 CARD_FILE = "model-card.json"
 ESTIMATORS_FILE = "estimators.skops"
+TREES_FILE = "trees.npz"
 CARD_SCHEMA_VERSION = 1
 # Beyond skops' defaults (scikit-learn estimators, numpy arrays, builtins), the only type our
 # artifacts hold. Anything else in a file is refused before it is instantiated.
@@ -47,10 +53,13 @@ def library_versions() -> dict[str, str]:
 
 def save(model_dir: str | Path, forecaster: QuantileForecaster, name: str, version: str | None = None,
          **card_fields: Any) -> dict:
-    """Write the estimators and a card describing them; returns the card."""
+    """Write the estimators, their trees (what serving loads) and a card describing them; returns the card."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    import skops.io as sio
+
     sio.dump({"estimators": forecaster.estimators}, model_dir / ESTIMATORS_FILE)
+    save_trees(model_dir / TREES_FILE, forecaster.trees)
     now = datetime.now(timezone.utc)
     card = {
         "card_schema_version": CARD_SCHEMA_VERSION,
@@ -60,10 +69,39 @@ def save(model_dir: str | Path, forecaster: QuantileForecaster, name: str, versi
         **forecaster.spec.to_dict(),
         **card_fields,
         "libraries": library_versions(),
-        "artifacts": {ESTIMATORS_FILE: sha256_of(model_dir / ESTIMATORS_FILE)},
+        "artifacts": {f: sha256_of(model_dir / f) for f in (ESTIMATORS_FILE, TREES_FILE)},
     }
     write_card(model_dir, card)
     return card
+
+
+def save_trees(path: Path, trees: list[TreeArrays]) -> None:
+    """Model m's node fields as `m/<field>`, its tree sizes as `m/sizes`, the baselines as `baselines`."""
+    arrays = {"baselines": np.array([t.baseline for t in trees], dtype=np.float64)}
+    for m, t in enumerate(trees):
+        arrays |= {f"{m}/{f}": t.nodes[f] for f in NODE_FIELDS} | {f"{m}/sizes": np.asarray(t.sizes, np.int64)}
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_trees(path: Path, spec: ForecastSpec) -> list[TreeArrays]:
+    """The trees of `spec`'s quantiles from `save_trees`' file, checked to stay inside their arrays."""
+    n_features = len(features.feature_names(spec.horizon))
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # an object array raises instead of unpickling
+            baselines = npz["baselines"]
+            if baselines.shape != (len(spec.quantiles),) or baselines.dtype.kind != "f":
+                raise ValueError(f"'baselines' must be {len(spec.quantiles)} floats, one per quantile")
+            trees = [TreeArrays({f: npz[f"{m}/{f}"] for f in NODE_FIELDS}, npz[f"{m}/sizes"], float(baselines[m]))
+                     for m in range(len(spec.quantiles))]
+    except Exception as exc:  # numpy and zipfile raise many types for malformed files
+        raise ModelLoadError(f"cannot load {TREES_FILE}: {type(exc).__name__}: {exc}") from None
+    for m, t in enumerate(trees):
+        try:
+            t.check(n_features)
+        except ValueError as exc:
+            raise ModelLoadError(f"{TREES_FILE} is malformed in model {m}: {exc}") from None
+    return trees
 
 
 def write_card(model_dir: Path, card: dict) -> None:
@@ -95,12 +133,14 @@ def verify_artifacts(model_dir: Path, card: dict) -> None:
             raise ModelLoadError(f"artifact {file_name} is corrupt: sha256 {actual} does not match the card's {expected}")
 
 
-def load(model_dir: str | Path) -> tuple[QuantileForecaster, dict]:
-    """Verify and load a model directory, or raise ModelLoadError saying what is wrong."""
+def load(model_dir: str | Path, estimators: bool = False) -> tuple[QuantileForecaster, dict]:
+    """Verify and load a model directory, or raise ModelLoadError saying what is wrong. From its trees
+    (TREES_FILE) unless `estimators` asks for scikit-learn's or the card lists no trees."""
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     verify_artifacts(model_dir, card)
-    if ESTIMATORS_FILE not in card["artifacts"]:
+    from_trees = TREES_FILE in card["artifacts"] and not estimators
+    if ESTIMATORS_FILE not in card["artifacts"] and not from_trees:
         raise ModelLoadError(f"the card lists no {ESTIMATORS_FILE}")
     try:
         spec = ForecastSpec(
@@ -118,6 +158,10 @@ def load(model_dir: str | Path) -> tuple[QuantileForecaster, dict]:
         raise ModelLoadError(
             f"model was trained with feature version {spec.feature_version}, this build has {features.FEATURE_VERSION}"
         )
+    if from_trees:
+        return QuantileForecaster(spec, trees=load_trees(model_dir / TREES_FILE, spec)), card
+    import skops.io as sio  # scikit-learn and scipy come with it: only when the estimators are needed
+
     path = model_dir / ESTIMATORS_FILE
     untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
     if untrusted:

@@ -13,11 +13,14 @@ scikit-learn's float64 comparison; rows with NaN take the exact general walk.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numba
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
+
+if TYPE_CHECKING:  # serving never imports scikit-learn: it loads TreeArrays (artifact.py)
+    from sklearn.ensemble import HistGradientBoostingRegressor
 
 
 BLOCK = 64  # rows walked together through each tree, so a tree's nodes stay in cache
@@ -106,7 +109,7 @@ def _float32_below(threshold: float) -> np.float32:
     return np.nextafter(t32, np.float32(-np.inf)) if float(t32) > threshold else t32
 
 
-def _side_by_side(nodes: np.ndarray, offset: int) -> tuple[np.ndarray, ...]:
+def _side_by_side(nodes: Mapping[str, np.ndarray], offset: int) -> tuple[np.ndarray, ...]:
     """One tree's nodes in breadth-first order with each split's children adjacent (left, right)."""
     order, first_child = [0], {}
     for old in order:  # grows while iterated: a breadth-first walk
@@ -127,25 +130,81 @@ def _side_by_side(nodes: np.ndarray, offset: int) -> tuple[np.ndarray, ...]:
     return feature, threshold, child, value
 
 
+# The node fields the walkers read, as scikit-learn's TreePredictor.nodes names them.
+NODE_FIELDS = ("feature_idx", "num_threshold", "left", "right", "value", "missing_go_to_left", "is_leaf")
+
+
+@dataclass
+class TreeArrays:
+    """One regressor's trees as plain arrays: each of NODE_FIELDS for all its trees' nodes end to end
+    (child indices count from their own tree's root), the node count of each tree, and the baseline."""
+
+    nodes: Mapping[str, np.ndarray]
+    sizes: np.ndarray
+    baseline: float
+
+    @classmethod
+    def of(cls, model: "HistGradientBoostingRegressor") -> "TreeArrays":
+        if model.n_trees_per_iteration_ != 1 or model.loss not in ("quantile", "squared_error"):
+            raise ValueError("only single-output regressors with an identity link can be compiled")
+        trees = [tree.nodes for (tree,) in model._predictors]
+        if any(t["is_categorical"].any() for t in trees):
+            raise ValueError("categorical splits are not supported")
+        nodes = np.concatenate(trees)
+        return cls({f: np.ascontiguousarray(nodes[f]) for f in NODE_FIELDS}, np.array([len(t) for t in trees]),
+                   float(np.ravel(model._baseline_prediction)[0]))
+
+    def check(self, n_features: int) -> None:
+        """Raises ValueError unless every tree's child and feature indices point inside it and the rows."""
+        if set(self.nodes) != set(NODE_FIELDS) or len({len(a) for a in self.nodes.values()}) != 1:
+            raise ValueError(f"the node fields must be {', '.join(NODE_FIELDS)}, all of one length")
+        if any(a.ndim != 1 or a.dtype.kind not in ("f" if f in ("num_threshold", "value") else "biu")
+               for f, a in self.nodes.items()):
+            raise ValueError("node fields must be one-dimensional arrays: thresholds and values float, the rest integer")
+        sizes = np.asarray(self.sizes)
+        if sizes.ndim != 1 or not len(sizes) or sizes.dtype.kind not in "iu" or (sizes < 1).any() \
+                or sizes.sum() != len(self.nodes["left"]):
+            raise ValueError("tree sizes must be positive and add up to the node count")
+        if not np.isin(self.nodes["is_leaf"], (0, 1)).all():
+            raise ValueError("is_leaf must be 0 or 1")
+        split = self.nodes["is_leaf"] == 0
+        own_size = np.repeat(sizes, sizes)[split]
+        index = (np.arange(len(split)) - np.repeat(np.cumsum(sizes) - sizes, sizes))[split]
+        for f in ("left", "right"):
+            child = self.nodes[f][split].astype(np.int64)
+            if ((child <= index) | (child >= own_size)).any():  # after its parent (no cycles), in its tree
+                raise ValueError(f"a split's {f} child lies outside its tree or before its parent")
+        feature = self.nodes["feature_idx"][split]
+        if ((feature < 0) | (feature >= n_features)).any():
+            raise ValueError(f"a split reads a feature outside the {n_features} the rows have")
+
+    def trees(self):
+        """Each tree's nodes, field by field."""
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            yield {f: a[lo:hi] for f, a in self.nodes.items()}
+
+
 class CompiledTrees:
     """Sum of leaf values plus baseline, per model: what HistGradientBoostingRegressor.predict returns
     for the pinball (quantile) and squared-error losses, whose inverse link is the identity."""
 
-    def __init__(self, models: Sequence[HistGradientBoostingRegressor]):
+    @classmethod
+    def of(cls, models: Sequence["HistGradientBoostingRegressor"]) -> "CompiledTrees":
+        return cls([TreeArrays.of(m) for m in models])
+
+    def __init__(self, models: Sequence[TreeArrays]):
         nodes, roots, tree_model, offset, fast = [], [], [], 0, []
         for m, model in enumerate(models):
-            if model.n_trees_per_iteration_ != 1 or model.loss not in ("quantile", "squared_error"):
-                raise ValueError("only single-output regressors with an identity link can be compiled")
-            for (tree,) in model._predictors:
-                if tree.nodes["is_categorical"].any():
-                    raise ValueError("categorical splits are not supported")
-                nodes.append(tree.nodes)
-                fast.append(_side_by_side(tree.nodes, offset))
+            for tree in model.trees():
+                size = len(tree["left"])
+                nodes.append(tree)
+                fast.append(_side_by_side(tree, offset))
                 roots.append(offset)
                 tree_model.append(m)
-                offset += len(tree.nodes)
-        all_nodes = np.concatenate(nodes)
-        relink = np.repeat(np.array(roots), [len(n) for n in nodes])  # child indices are per tree
+                offset += size
+        all_nodes = {f: np.concatenate([n[f] for n in nodes]) for f in NODE_FIELDS}
+        relink = np.repeat(np.array(roots), [len(n["left"]) for n in nodes])  # child indices are per tree
         self.feature = np.where(all_nodes["is_leaf"] == 1, -1, all_nodes["feature_idx"]).astype(np.int32)
         self.threshold = all_nodes["num_threshold"].astype(np.float64)
         self.left = (all_nodes["left"].astype(np.int64) + relink).astype(np.int32)
@@ -154,7 +213,7 @@ class CompiledTrees:
         self.missing_left = all_nodes["missing_go_to_left"].astype(np.bool_)
         self.roots = np.array(roots, dtype=np.int32)
         self.tree_model = np.array(tree_model, dtype=np.int64)
-        self.base = np.array([float(np.ravel(m._baseline_prediction)[0]) for m in models])
+        self.base = np.array([m.baseline for m in models], dtype=np.float64)
         self.n_models = len(models)
         self.fast_feature, self.fast_threshold, self.fast_child, self.fast_value = (
             np.concatenate(parts) for parts in zip(*fast))

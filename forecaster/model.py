@@ -15,18 +15,19 @@ window, log-uniformly, so the same trees forecast a series that has only been up
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
-from threadpoolctl import threadpool_limits
 
 from . import features
-from .compiled import CompiledTrees
+from .compiled import CompiledTrees, TreeArrays
+
+if TYPE_CHECKING:  # scikit-learn is imported where a model is fitted, never to serve one
+    from sklearn.ensemble import HistGradientBoostingRegressor
 
 
 def quantile_name(q: float) -> str:
@@ -127,7 +128,10 @@ def training_rows(series: Iterable[np.ndarray], spec: ForecastSpec, stride: int,
     return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
 
 
-def _fit_quantile(x: np.ndarray, y: np.ndarray, q: float, params: TrainingParams) -> HistGradientBoostingRegressor:
+def _fit_quantile(x: np.ndarray, y: np.ndarray, q: float, params: TrainingParams) -> "HistGradientBoostingRegressor":
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
     est = HistGradientBoostingRegressor(
         loss="quantile",
         quantile=q,
@@ -176,7 +180,7 @@ def _fit_estimators(rows, spec: ForecastSpec, params: TrainingParams, progress, 
     progress(f"{label}: {len(x):,} training rows x {x.shape[1]} features")
     jobs = max(1, min(params.jobs or (os.cpu_count() or 1), len(spec.quantiles)))
     stage = bar(len(spec.quantiles), f"{label}: {len(spec.quantiles)} quantiles ({jobs} processes)") if bar else None
-    fitted: dict[float, HistGradientBoostingRegressor] = {}
+    fitted: dict[float, "HistGradientBoostingRegressor"] = {}
     if jobs == 1:
         for q in spec.quantiles:
             fitted[q] = _fit_quantile(x, y, q, params)
@@ -200,16 +204,21 @@ def _fit_estimators(rows, spec: ForecastSpec, params: TrainingParams, progress, 
 
 
 class QuantileForecaster:
-    def __init__(self, spec: ForecastSpec, estimators: Sequence[HistGradientBoostingRegressor]):
-        if len(estimators) != len(spec.quantiles):
-            raise ValueError(f"expected {len(spec.quantiles)} estimators, got {len(estimators)}")
+    """Fitted, or loaded from a model directory: with its scikit-learn `estimators` (training and
+    evaluation), or with only their `trees` as plain arrays (serving), one per quantile either way."""
+
+    def __init__(self, spec: ForecastSpec, estimators: Sequence["HistGradientBoostingRegressor"] = (),
+                 trees: Sequence[TreeArrays] = ()):
         self.spec = spec
         self.estimators = list(estimators)
+        self.trees = list(trees) or [TreeArrays.of(e) for e in self.estimators]
+        if len(self.trees) != len(spec.quantiles):
+            raise ValueError(f"expected {len(spec.quantiles)} estimators, got {len(self.trees)}")
         self._trees: CompiledTrees | None = None
 
     def compile(self, threads: int = 1) -> "QuantileForecaster":
         """Flatten the trees and JIT-compile the walker now (once per process), not on the first request."""
-        self._trees = CompiledTrees(self.estimators)
+        self._trees = CompiledTrees(self.trees)
         self.predict(np.ones((1, self.spec.window)))
         if threads > 1:
             self.predict(np.ones((64, self.spec.window)), threads=threads)  # the parallel walker
@@ -273,8 +282,8 @@ class QuantileForecaster:
         x, levels = features.make_features(windows, self.spec.horizon)
         n, h = len(windows), self.spec.horizon
         if self._trees is None:
-            self._trees = CompiledTrees(self.estimators)
-        scaled = self._trees.predict(x, threads).reshape(len(self.estimators), n, h)
+            self._trees = CompiledTrees(self.trees)
+        scaled = self._trees.predict(x, threads).reshape(len(self.trees), n, h)
         scaled += features.anchors(windows, levels)[None, :, None]
         scaled.sort(axis=0)  # monotone rearrangement: quantile order holds at every step
         if self.spec.band_scale != 1.0:

@@ -10,7 +10,7 @@ from forecaster.compiled import CompiledTrees
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    return artifact.load(model_dir)
+    return artifact.load(model_dir, estimators=True)
 
 
 def sample_rows(card: dict, n: int, seed: int) -> np.ndarray:
@@ -24,7 +24,7 @@ def test_compiled_trees_equal_scikit_learn(loaded, n, threads):
     forecaster, card = loaded
     x = sample_rows(card, n, seed=n)
     expected = np.stack([est.predict(x) for est in forecaster.estimators])
-    np.testing.assert_array_equal(CompiledTrees(forecaster.estimators).predict(x, threads=threads), expected)
+    np.testing.assert_array_equal(CompiledTrees.of(forecaster.estimators).predict(x, threads=threads), expected)
 
 
 def test_missing_values_follow_scikit_learn(loaded):
@@ -32,7 +32,7 @@ def test_missing_values_follow_scikit_learn(loaded):
     x = sample_rows(card, 20, seed=1).astype(np.float64)
     x[::3, ::2] = np.nan
     expected = np.stack([est.predict(x) for est in forecaster.estimators])
-    np.testing.assert_array_equal(CompiledTrees(forecaster.estimators).predict(x), expected)
+    np.testing.assert_array_equal(CompiledTrees.of(forecaster.estimators).predict(x), expected)
 
 
 def test_forecaster_predict_is_the_same_with_more_threads(loaded):
@@ -58,8 +58,8 @@ def test_values_at_and_beside_every_threshold_go_scikit_learns_way(loaded):
             rows.append(row)
     x = np.array(rows, dtype=np.float32)
     expected = np.stack([est.predict(x) for est in forecaster.estimators])
-    np.testing.assert_array_equal(CompiledTrees(forecaster.estimators).predict(x), expected)
-    np.testing.assert_array_equal(CompiledTrees(forecaster.estimators).predict(x, threads=2), expected)
+    np.testing.assert_array_equal(CompiledTrees.of(forecaster.estimators).predict(x), expected)
+    np.testing.assert_array_equal(CompiledTrees.of(forecaster.estimators).predict(x, threads=2), expected)
 
 
 def test_float32_rows_with_missing_values_take_the_exact_walk(loaded):
@@ -67,4 +67,4 @@ def test_float32_rows_with_missing_values_take_the_exact_walk(loaded):
     x = sample_rows(card, 9, seed=2)
     x[::2, 1::3] = np.nan
     expected = np.stack([est.predict(x) for est in forecaster.estimators])
-    np.testing.assert_array_equal(CompiledTrees(forecaster.estimators).predict(x), expected)
+    np.testing.assert_array_equal(CompiledTrees.of(forecaster.estimators).predict(x), expected)

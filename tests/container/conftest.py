@@ -58,9 +58,13 @@ def pytest_terminal_summary(terminalreporter, config):
 @pytest.fixture(scope="session")
 def metrics(pytestconfig) -> dict:
     data = pytestconfig.stash.setdefault(_metrics_key, {})
+    started_load = os.getloadavg()
     yield data
     if data:
         data["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        # the machine is shared: the figures are read with how busy it was
+        data["load_average"] = " / ".join(f"{x:.1f}" for x in started_load) + " at start, " + \
+            " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end (1, 5, 15 min)"
         CACHE.mkdir(parents=True, exist_ok=True)
         METRICS_FILE.write_text(json.dumps(data, indent=2) + "\n")
 

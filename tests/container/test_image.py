@@ -174,7 +174,6 @@ def test_dev_target_reloads_a_synced_file(dev_image, metrics):
         container.remove()
 
 
-
 LOOP_CONFIG = """\
 prometheus: {url: "http://127.0.0.1:9", timeout: 1s}
 model: {url: "http://127.0.0.1:8080", name: perf-predictor}
