@@ -163,3 +163,21 @@ def shared_dir() -> Path:
 def load_yaml(path: Path):
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
+    return path
+
+
+def promtool_unit_test(tmp_path: Path, spec: dict, test_file: Path) -> set[str]:
+    """Runs `promtool test rules` on the rules `spec` (written as rules.yaml) with the unit tests in
+    `test_file`; returns the alert names those tests cover."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copy(test_file, tmp_path / test_file.name)
+    proc = subprocess.run([promtool(), "test", "rules", test_file.name], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {t["alertname"] for case in yaml.safe_load(test_file.read_text())["tests"]
+            for t in case.get("alert_rule_test", [])}

@@ -1,25 +1,16 @@
 """The chart's alert rules, rendered by Helm with values, unit-tested by promtool: each fires and stays quiet."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from chartlib import render
+from chartlib import promtool, promtool_unit_test, render
 
 HERE = Path(__file__).resolve().parent
 RULE_VALUES = ["--set-json", 'monitoring.prometheusRule={"enabled": true, "errorRatioThreshold": 0.1, '
                '"latencyP99SloSeconds": 0.25, "for": "2m"}']
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
-    return path
 
 
 def rendered_rules(*values: str) -> dict:
@@ -44,12 +35,6 @@ def test_promtool_check_rules(tmp_path):
 
 
 def test_promtool_unit_tests_fire_and_stay_quiet(tmp_path):
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rendered_rules(*RULE_VALUES)))
-    shutil.copy(HERE / "alert-rules.test.yaml", tmp_path / "alert-rules.test.yaml")
-    proc = subprocess.run([promtool(), "test", "rules", "alert-rules.test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    tested = {t["alertname"] for case in yaml.safe_load((HERE / "alert-rules.test.yaml").read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = promtool_unit_test(tmp_path, rendered_rules(*RULE_VALUES), HERE / "alert-rules.test.yaml")
     alerts = {r["alert"] for g in rendered_rules(*RULE_VALUES)["groups"] for r in g["rules"] if "alert" in r}
     assert alerts <= tested, f"alerts without a promtool test: {alerts - tested}"

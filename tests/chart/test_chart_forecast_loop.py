@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from chartlib import CHART, CI_DIR, NAMESPACE, RELEASE, render, run_helm
+from chartlib import CHART, CI_DIR, NAMESPACE, RELEASE, promtool, promtool_unit_test, render, run_helm
 
 from forecast_loop.accuracy import Score
 from forecast_loop.config import parse
@@ -131,13 +130,6 @@ def test_bad_values_are_refused(helm, case):
     assert proc.returncode != 0 and re.search(pattern, proc.stderr), proc.stderr
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
-    return path
-
-
 def rendered_rules() -> dict:
     objs = objects("--set", "forecastLoop.prometheusRule.breachFor=5m", "--set", "forecastLoop.prometheusRule.errorsFor=10m")
     return objs[("PrometheusRule", LOOP)]["spec"]
@@ -146,15 +138,9 @@ def rendered_rules() -> dict:
 def test_promtool_unit_tests_fire_and_stay_quiet(tmp_path):
     spec = rendered_rules()
     assert "__" not in yaml.safe_dump(spec), "a placeholder was left unreplaced"
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    tested = promtool_unit_test(tmp_path, spec, HERE / "forecast-loop-rules.test.yaml")
     proc = subprocess.run([promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shutil.copy(HERE / "forecast-loop-rules.test.yaml", tmp_path / "forecast-loop-rules.test.yaml")
-    proc = subprocess.run([promtool(), "test", "rules", "forecast-loop-rules.test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    tested = {t["alertname"] for case in yaml.safe_load((HERE / "forecast-loop-rules.test.yaml").read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
     alerts = {r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r}
     assert alerts == {"PerfPredictorForecastBreach", "PerfPredictorForecastStale", "PerfPredictorForecastErrors"}
     assert alerts <= tested
