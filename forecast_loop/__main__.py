@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                 server.server_port, len(config.targets), config.interval)
     scaler = None
     if scaler_at is not None:
-        scaler, scaler_port = serve_scaler(loop, *scaler_at, clock=loop.clock)
+        try:
+            scaler, scaler_port = serve_scaler(loop, *scaler_at, clock=loop.clock)
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            server.server_close()
+            return 2
         logger.info("serving the KEDA external scaler on %s:%d", scaler_at[0], scaler_port)
     worker = threading.Thread(target=loop.run, args=(stop,), name="forecast-loop", daemon=True)
     worker.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -16,12 +17,13 @@ import time
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from forecast_loop.config import parse
 from forecast_loop.external_scaler import serve
 from forecast_loop.loop import ForecastLoop
 
-from .conftest import shared_dir
+from .conftest import REPO, shared_dir
 from .forecast_loop_fixtures import LoopProcess, history, loop_config  # noqa: F401 (fixture)
 from .test_forecast_loop_e2e import direct_forecast
 
@@ -122,7 +124,8 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "no label sym" in details
         code, details = status(stub.GetMetrics, metrics(ref(pb2, target="tweets", symbol="GOOG")))
         assert code == grpc.StatusCode.NOT_FOUND, "GOOG is beyond max_series: not forecast"
-        # a target without a forecast: no recommendation, an error KEDA counts as a failed trigger ...
+        # a target without a forecast: no recommendation, an error KEDA counts as a failed trigger
+        # (pkg/scalers/external_scaler.go GetMetricsAndActivity returns it; pkg/fallback/fallback.go counts it) ...
         code, details = status(stub.GetMetrics, metrics(ref(pb2, target="nothing")))
         assert code == grpc.StatusCode.UNAVAILABLE and "no fresh forecast" in details
         code, _ = status(stub.IsActive, ref(pb2, target="nothing"))
@@ -212,3 +215,17 @@ def test_stream_pushes_a_change_after_an_iteration(history, server, keda):
     finally:
         channel.close()
         scaler.stop(grace=None)
+
+
+def test_a_taken_scaler_port_is_a_clear_start_error(tmp_path):
+    config = tmp_path / "loop.yaml"
+    config.write_text(yaml.safe_dump(loop_config("http://127.0.0.1:9", "http://127.0.0.1:9")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "forecast_loop", "--config", str(config), "--listen", "127.0.0.1:0",
+                               "--scaler-listen", f"127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port} for the KEDA external scaler" in done.stderr
