@@ -87,6 +87,7 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
                         what="the first recommendation")
         origin = loop.value("perf_predictor_forecast_origin_timestamp_seconds", target="tweets")
         i = int(np.searchsorted(history["stamps"], origin))
+        served = {}
         for symbol in ("AAPL", "AMZN"):
             spec = stub.GetMetricSpec(ref(pb2, target="tweets", symbol=symbol), timeout=10)
             (metric,) = spec.metricSpecs
@@ -94,6 +95,7 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
             reply = stub.GetMetrics(pb2.GetMetricsRequest(scaledObjectRef=ref(pb2, target="tweets", symbol=symbol),
                                                           metricName=metric.metricName), timeout=10)
             (value,) = reply.metricValues
+            served[symbol] = value.metricValueFloat
             assert value.metricName == metric.metricName
             want = expected(server, history["stamps"], history["series"], i, symbol)
             assert value.metricValueFloat == pytest.approx(want, rel=1e-6)
@@ -103,6 +105,14 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
             # the HPA's AverageValue rule on KEDA's metric arrives at the published recommendation
             assert desired == min(50, max(1, math.ceil(value.metricValueFloat / metric.targetSizeFloat)))
             assert stub.IsActive(ref(pb2, target="tweets", symbol=symbol), timeout=10).result is True
+
+        # the other trigger style: KEDA's `prometheus` trigger with the chart's query on the scraped series
+        prom.reload("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                    f"scrape_configs:\n  - job_name: forecast-loop\n    honor_labels: true\n"
+                    f"    static_configs: [{{targets: ['{loop.target}']}}]\n")
+        (row,) = prom.wait_for('max(perf_predictor_desired_replicas_load{target="tweets",symbol="AAPL"})',
+                               what="(scrape of the recommendation)")
+        assert float(row["value"][1]) == pytest.approx(served["AAPL"], rel=1e-9)
 
         stream = stub.StreamIsActive(ref(pb2, target="tweets", symbol="AAPL"), timeout=30)
         assert next(stream).result is True  # sent at once, then only on a change
