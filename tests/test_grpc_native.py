@@ -210,20 +210,22 @@ def test_a_connection_that_never_speaks_is_closed(server):
 @pytest.mark.skipif(not CURL_HAS_HTTP2, reason="this curl has no HTTP/2")
 def test_deadlines_and_clients_that_leave(model_dir, tmp_path, window):
     """grpc-timeout ends a call with DEADLINE_EXCEEDED; a client that hangs up mid-call costs nothing
-    lasting (the in-flight gauge returns to 0) and the server keeps serving."""
-    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "1000")
+    lasting (the in-flight gauge returns to 0) and the server keeps serving. Every call waits for a
+    batch held 5 s, so a busy machine's slow curl start cannot blur a reply at the deadline (200 ms)
+    with one after the batch, nor leave before its call has arrived (at 2 s)."""
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_batch_delay_ms", "5000")
     try:
         wait_ready(srv)
         call = infer_request(histories(1, window))
         started = time.monotonic()
         assert curl(srv, INFER, call, "grpc-timeout: 200m")[1]["grpc-status"] == "4"
-        assert time.monotonic() - started < 0.9  # answered at the deadline, not after the held batch
-        assert curl(srv, INFER, call, timeout=0.3 + 30)[1]["grpc-status"] == "0"
-        leaver = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--max-time", "0.3", "--data-binary", "@-",
+        assert time.monotonic() - started < 4  # answered at the deadline, not after the held batch
+        assert curl(srv, INFER, call, timeout=5 + 30)[1]["grpc-status"] == "0"
+        leaver = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--max-time", "2", "--data-binary", "@-",
                                  "-H", "content-type: application/grpc", f"http://{srv.grpc_host}{INFER}"],
                                 input=call, capture_output=True, timeout=30)
         assert leaver.returncode == 28  # curl gave up (timeout) and closed its connection
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="grpc") != 0:
             assert time.monotonic() < deadline, "the abandoned call stayed in flight"
             time.sleep(0.1)
