@@ -22,7 +22,7 @@ from kserve.protocol.grpc import server as kserve_grpc_server
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest, ModelInferResponse
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import codec, metrics
+from . import auth, codec, metrics
 from .batching import Pending, until_done
 from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error, reason_of)
@@ -217,4 +217,4 @@ class ForecastServicer(InferenceServicer):
 
 def use_forecast_servicer() -> None:
     """KServe's GRPCServer builds its servicer from this module attribute; in each process that runs it."""
-    kserve_grpc_server.InferenceServicer = ForecastServicer
+    kserve_grpc_server.InferenceServicer = auth.grpcio_servicer(ForecastServicer, auth.current())

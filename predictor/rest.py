@@ -27,7 +27,7 @@ from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import codec, metrics, timeseries
+from . import auth, codec, metrics, timeseries
 from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
 from .model import PerfPredictor, served
@@ -87,9 +87,12 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     """KServe's uvicorn server takes the module-level FastAPI object by import string, in every
     worker process, so the object itself changes: its class becomes a subclass that looks first."""
     base = type(app)
+    gate = auth.Gate(auth.current(), registry)  # tokens, the repository API, liveness (auth.py)
 
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and (refusal := gate.rest_refusal(scope)) is not None:
+                return await reply(send, refusal[0], refusal[1], extra_headers=refusal[2])
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:
