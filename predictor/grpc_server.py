@@ -170,7 +170,8 @@ class NativeGRPCServer:
         self.registry = data_plane.model_registry
         policy = auth.current()
         self.gate = auth.Gate(policy) if policy.token_file else None
-        self.rpcs = kserve_rpcs(InferenceServicer(data_plane, model_repository_extension), policy.repository_api)
+        servicer = grpc_infer.ForecastServicer(data_plane, model_repository_extension)  # KServe's, repository fixed
+        self.rpcs = kserve_rpcs(servicer, policy.repository_api)
         self.grace_period = grace_period
         return self
 
