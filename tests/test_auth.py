@@ -186,6 +186,27 @@ def test_refusals_are_counted_by_reason(auth_server):
         assert count == before[reason] + more, reason
 
 
+def test_the_forecast_loop_sends_the_token(auth_server, token_file, tmp_path, window):
+    """model.bearer_token_file in the loop's config: its first token on every v2 call; none is a 401."""
+    import dataclasses
+
+    from forecast_loop.config import parse
+    from forecast_loop.v2_client import ModelError, V2Client
+
+    config = parse({"prometheus": {"url": "http://prometheus:9090"},
+                    "model": {"url": auth_server.http_url, "name": MODEL_NAME, "bearer_token_file": str(token_file)},
+                    "targets": [{"name": "t", "query": "up"}]}).model
+    client = V2Client(config)
+    spec = client.spec()
+    assert spec.window == window and client.forecast(histories(3, window), spec).shape[1] == 3
+    with pytest.raises(ModelError) as anonymous:
+        V2Client(dataclasses.replace(config, bearer_token_file=None)).spec()
+    assert anonymous.value.reason == "model_error" and "401" in str(anonymous.value)
+    with pytest.raises(ModelError) as unreadable:
+        V2Client(dataclasses.replace(config, bearer_token_file=str(tmp_path / "absent"))).spec()
+    assert unreadable.value.reason == "model_token"
+
+
 # --- gRPC, the native front
 def test_grpc_refuses_a_call_without_a_valid_token(auth_server, window):
     history = histories(1, window)
