@@ -3,7 +3,8 @@ the single process and in each worker process, standing where KServe's GRPCServe
 
 ModelInfer goes to the model by grpc_infer.start, with no task: its reply is written from the
 callback that delivers its forecast. KServe's own servicer replies to the v2 protocol's other RPCs,
-with the statuses KServe's interceptor gives its errors. Limits: the message size flags,
+with the statuses KServe's interceptor gives its errors (its repository RPCs only when enabled). With
+authentication on, every call but the health RPCs shows its token first (auth.py). Limits: the message size flags,
 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096 connections, caps
 on unanswered request bytes per connection and per process, and timeouts for connections that stay
 silent or idle and for calls whose request or reply stalls.

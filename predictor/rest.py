@@ -1,6 +1,8 @@
 """REST inference on KServe's FastAPI app: the v2 infer route of our models, answered ahead of
 FastAPI, and what every inference request gets on this port.
 
+- Before anything else, auth.py's gate: bearer tokens when authentication is on, KServe's repository
+  routes absent unless enabled, liveness 503 once the model is unloaded.
 - POST /v2/models/<our model>/infer (JSON and binary tensors) is answered before the app's middleware
   stack: KServe's route would build a pydantic object per number. Every other route (health,
   metadata, v1 `:predict`) stays KServe's.
