@@ -81,8 +81,8 @@ def micro(calls: int = 200_000) -> None:
     path, value = b"/inference.GRPCInferenceService/ModelInfer", [f"Bearer {TOKENS[1]}".encode()]
     gates = {"off": auth.Gate(auth.Policy()), "on": auth.Gate(auth.Policy(str(token_file)))}
     for name, gate in gates.items():
-        rest = min(timeit.repeat(lambda: gate.rest_refusal(scope), number=calls, repeat=5)) / calls * 1e6
-        grpc = (min(timeit.repeat(lambda: gate.grpc_refusal(path, value), number=calls, repeat=5)) / calls * 1e6
+        rest = min(timeit.repeat(lambda g=gate: g.rest_refusal(scope), number=calls, repeat=5)) / calls * 1e6
+        grpc = (min(timeit.repeat(lambda g=gate: g.grpc_refusal(path, value), number=calls, repeat=5)) / calls * 1e6
                 if gate.tokens is not None else 0.0)  # off: the native server holds no gate at all
         print(json.dumps({"auth": name, "rest_gate_us": round(rest, 3), "grpc_gate_us": round(grpc, 3)}))
 

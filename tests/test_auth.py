@@ -182,7 +182,7 @@ def test_refusals_are_counted_by_reason(auth_server):
     http(auth_server, f"/v2/models/{MODEL_NAME}", bearer("tok-nope-" + "n" * 23))
     # the counter is summed over both worker processes, whichever answered
     for reason, more in (("missing", 3), ("invalid", 1)):
-        count = wait_for_count(lambda: failures(auth_server, "rest", reason), before[reason] + more)
+        count = wait_for_count(lambda r=reason: failures(auth_server, "rest", r), before[reason] + more)
         assert count == before[reason] + more, reason
 
 
@@ -344,7 +344,6 @@ def test_unload_with_a_token_makes_liveness_fail(model_dir, token_file, tmp_path
                        "--enable_repository_api")
     try:
         wait_ready(srv)
-        client = grpcclient.InferenceServerClient(srv.grpc_host)
         path = f"/v2/repository/models/{MODEL_NAME}/unload"
         assert http(srv, path, method="POST", body=b"")[0] == 401  # anonymous: refused
         assert kserve_unload(srv, []) == grpc.StatusCode.UNAUTHENTICATED
