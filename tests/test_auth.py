@@ -339,7 +339,10 @@ def test_the_repository_api_needs_authentication(model_dir, tmp_path):
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_unload_with_a_token_makes_liveness_fail(model_dir, token_file, tmp_path, protocol):
     """Before this, an unloaded model left /v2/health/live at 200 and nothing restarted the pod. The
-    chart's livenessProbe is GET /v2/health/live (templates/_helpers.tpl)."""
+    chart's livenessProbe is GET /v2/health/live (templates/_helpers.tpl). KServe passes the predictor's
+    probes to the pod as they are; Knative keeps a liveness httpGet aimed at the user container, only
+    setting its port (knative/serving pkg/reconciler/revision/resources/deploy.go,
+    rewriteUserLivenessProbe), so the kubelet sees this 503 in both modes and restarts the container."""
     srv = start_server(model_dir, tmp_path / "repository.log", "--auth_token_file", str(token_file),
                        "--enable_repository_api")
     try:
