@@ -10,9 +10,12 @@ on one. A new per-target block is one more entry in `_target()`.
     horizons:   [15m, 30m, 60m]
     listen:     0.0.0.0:9400
     accuracy:   {window: 24h}
+    scaler:     {listen?}          # the KEDA external scaler (gRPC); off unless listen is set
     targets:
       - {name, query, step: 5m, max_series: 100,
-         thresholds?: {quantile?, warning?: {above|below: N}, critical?: {above|below: N}}}
+         thresholds?: {quantile?, warning?: {above|below: N}, critical?: {above|below: N}},
+         capacity?: {per_replica, max_replicas, min_replicas: 1, quantile: 0.9, lead_time: 5m,
+                     scale_down_window: 5m}}
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from typing import Any, Callable, Optional
 import yaml
 
 from training.sources.prometheus import parse_duration
+
+from .capacity import Capacity
 
 SEVERITIES = ("warning", "critical")
 DIRECTIONS = ("above", "below")
@@ -74,6 +79,7 @@ class Target:
     step: float
     max_series: int
     thresholds: Optional[Thresholds]
+    capacity: Optional[Capacity] = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Config:
     listen_port: int
     accuracy_window: float
     targets: tuple[Target, ...]
+    scaler_listen: Optional[tuple[str, int]] = None  # (host, port) of the KEDA external scaler, or off
 
 
 class _Section:
@@ -145,11 +152,18 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
-def _duration(value: Any) -> float:
+def _non_negative_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"must be a duration like 30s, 5m or 1h, got {_kind(value)}")
     seconds = parse_duration(str(value))
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be a duration >= 0, got {value!r}")
+    return seconds
+
+
+def _duration(value: Any) -> float:
+    seconds = _non_negative_duration(value)
+    if seconds <= 0:
         raise ValueError(f"must be a positive duration, got {value!r}")
     return seconds
 
@@ -159,6 +173,19 @@ def _step(value: Any) -> float:
     if seconds < 1 or not float(seconds).is_integer():
         raise ValueError(f"must be a whole number of seconds, at least 1s, got {value!r}")
     return seconds
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number
 
 
 def _positive_int(value: Any) -> int:
@@ -203,8 +230,26 @@ def _thresholds(section: _Section) -> Thresholds:
     return Thresholds(section.get("quantile", _quantile, None), tuple(levels))
 
 
+CAPACITY_KEYS = ("per_replica", "max_replicas", "min_replicas", "quantile", "lead_time", "scale_down_window")
+
+
+def _capacity(section: _Section) -> Capacity:
+    minimum = section.get("min_replicas", _non_negative_int, 1)
+    maximum = section.get("max_replicas", _positive_int)
+    if maximum < minimum:
+        raise section.error(f"must be >= min_replicas ({minimum}), got {maximum}", "max_replicas")
+    return Capacity(
+        per_replica=section.get("per_replica", _positive_number),
+        max_replicas=maximum, min_replicas=minimum,
+        quantile=section.get("quantile", _quantile, 0.9),
+        lead_time=section.get("lead_time", _non_negative_duration, 300.0),
+        scale_down_window=section.get("scale_down_window", _non_negative_duration, 300.0),
+    )
+
+
 def _target(file: str, index: int, value: Any, horizons: tuple[float, ...]) -> Target:
-    t = _Section(file, f"targets[{index}]", value, ("name", "query", "step", "max_series", "thresholds"))
+    t = _Section(file, f"targets[{index}]", value, ("name", "query", "step", "max_series", "thresholds",
+                                                    "capacity"))
     name = t.get("name", _text)
     if not _NAME.match(name):
         raise t.error(f"must be letters, digits and _.:- (at most 63), got {name!r}", "name")
@@ -213,18 +258,20 @@ def _target(file: str, index: int, value: Any, horizons: tuple[float, ...]) -> T
         if horizon % step:
             raise t.error(f"horizon {horizon:g}s is not a whole number of steps of {step:g}s", "step")
     thresholds = t.section("thresholds", ("quantile",) + SEVERITIES, required=False)
+    capacity = t.section("capacity", CAPACITY_KEYS, required=False)
     return Target(
         name=name,
         query=t.get("query", _text),
         step=step,
         max_series=t.get("max_series", _positive_int, 100),
         thresholds=_thresholds(thresholds) if thresholds is not None else None,
+        capacity=_capacity(capacity) if capacity is not None else None,
     )
 
 
 def parse(document: Any, file: str = "<config>") -> Config:
     top = _Section(file, "", document, ("prometheus", "model", "interval", "horizons", "listen", "accuracy",
-                                        "targets"))
+                                        "scaler", "targets"))
     p = top.section("prometheus", ("url", "bearer_token_file", "ca_file", "timeout"))
     prometheus = PrometheusConfig(
         url=p.get("url", _url),
@@ -264,12 +311,14 @@ def parse(document: Any, file: str = "<config>") -> Config:
         if name in names[:i]:
             raise ConfigError(f"{file}: targets[{i}].name: {name!r} is used by more than one target")
     host, port = top.get("listen", parse_listen, ("0.0.0.0", 9400))
+    scaler = top.section("scaler", ("listen",), required=False)
     return Config(
         path=file, prometheus=prometheus, model=model,
         interval=top.get("interval", _duration, 60.0),
         horizons=horizons, listen_host=host, listen_port=port,
         accuracy_window=accuracy.get("window", _duration, 86400.0) if accuracy else 86400.0,
         targets=targets,
+        scaler_listen=scaler.get("listen", parse_listen, None) if scaler else None,
     )
 
 

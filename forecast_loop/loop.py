@@ -4,6 +4,10 @@ Per target state lives in `TargetState` (its view on /metrics, its live accuracy
 so a failure of one dependency is counted by reason, logged once when the status changes (and once when
 it recovers), and never stops the loop. A target whose last success is older than 3 intervals is
 stale: its forecasts are withdrawn from /metrics and `perf_predictor_forecast_stale` is 1.
+
+A target with `capacity` has a `Recommender` fed with every fresh forecast at the capacity's quantile;
+its recommendation is part of the published forecasts, so it is withdrawn with them when they go stale
+and is never computed from an old forecast.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 from training.sources.prometheus import PrometheusError
 
 from .accuracy import LiveAccuracy
+from .capacity import Recommender
 from .config import Config, Target
 from .history import PrometheusReader, Windows
 from .publish import Forecasts, LoopMetrics, ThresholdLine, duration_label, quantile_label, series_labels
@@ -41,6 +46,8 @@ class TargetState:
     horizons: tuple = ()
     thresholds: tuple = ()
     spec: Optional[ModelSpec] = field(default=None, repr=False)
+    recommender: Optional[Recommender] = None
+    capacity_index: int = 0  # the capacity quantile's row in the model's outputs
 
 
 class ForecastLoop:
@@ -50,9 +57,12 @@ class ForecastLoop:
         self.reader = PrometheusReader(config.prometheus)
         self.model = V2Client(config.model)
         self.metrics = LoopMetrics([t.name for t in config.targets], config.interval)
-        self.states = {t.name: TargetState(t) for t in config.targets}
+        self.states = {t.name: TargetState(t, recommender=Recommender(t.capacity, config.interval)
+                                           if t.capacity is not None else None) for t in config.targets}
         self.spec: Optional[ModelSpec] = None
         self.started = clock()
+        self.iteration = 0  # iterations run; `iterated` is notified after each (the scaler's streams wait on it)
+        self.iterated = threading.Condition()
 
     # -- status, counted and logged once per change ------------------------------------------------
     def _failed(self, state: TargetState, reason: str, message: str) -> None:
@@ -105,6 +115,11 @@ class ForecastLoop:
                     raise TargetError("quantile_not_served", f"thresholds.quantile {q:g} is not one of the "
                                       f"model's {', '.join(map(quantile_label, spec.quantiles))}")
                 lines.append(ThresholdLine(level.severity, level.direction, quantile_label(q), level.value))
+        if target.capacity is not None:
+            if target.capacity.quantile not in spec.quantiles:
+                raise TargetError("quantile_not_served", f"capacity.quantile {target.capacity.quantile:g} is not "
+                                  f"one of the model's {', '.join(map(quantile_label, spec.quantiles))}")
+            state.capacity_index = spec.quantiles.index(target.capacity.quantile)
         median = int(np.argmin(np.abs(np.asarray(spec.quantiles) - 0.5)))
         state.accuracy = LiveAccuracy(int(target.step), spec.horizon, self.config.accuracy_window, median)
         state.horizons, state.thresholds, state.spec = tuple(horizons), tuple(lines), spec
@@ -157,10 +172,14 @@ class ForecastLoop:
             lo += n
             name = state.target.name
             view = self.metrics.views[name]
+            recommendation = None
+            if state.recommender is not None:
+                recommendation = state.recommender.update(now, end, state.target.step, windows.keys,
+                                                          mine[state.capacity_index])
             view.show(Forecasts(
                 labels=[series_labels(name, key) for key in windows.keys], values=mine,
                 quantiles=tuple(quantile_label(q) for q in spec.quantiles), horizons=state.horizons, origin=end,
-                actual=windows.values[:, -1].copy()))
+                actual=windows.values[:, -1].copy(), recommendation=recommendation))
             view.series = n
             view.last_success = now
             state.accuracy.observe(end, windows.keys, windows.values, mine)
@@ -175,4 +194,7 @@ class ForecastLoop:
                 self.run_once()
             except Exception:  # a bug, not a dependency: say so, keep the loop alive
                 logger.exception("forecast iteration failed")
+            with self.iterated:
+                self.iteration += 1
+                self.iterated.notify_all()
             stop.wait(max(0.0, self.config.interval - (time.monotonic() - started)))

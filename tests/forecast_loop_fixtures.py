@@ -29,28 +29,32 @@ FORECAST_RULES = REPO / "charts" / "perf-predictor" / "files" / "forecast-loop-r
 
 
 class LoopProcess:
-    def __init__(self, root: Path, config: dict, name: str = "loop"):
+    def __init__(self, root: Path, config: dict, name: str = "loop", args: tuple = ()):
         self.config_path = root / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / f"{name}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forecast_loop", "--config", str(self.config_path), "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "forecast_loop", "--config", str(self.config_path), "--listen", "127.0.0.1:0", *args],
             cwd=REPO, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         self.port = self._port()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _port(self, timeout: float = 30) -> int:
+    def _port(self, timeout: float = 30, pattern: str = r"serving /metrics on http://[\d.]+:(\d+)/metrics") -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(r"serving /metrics on http://[\d.]+:(\d+)/metrics", self.log())
+            match = re.search(pattern, self.log())
             if match:
                 return int(match.group(1))
             if self.proc.poll() is not None:
                 raise AssertionError(f"forecast loop exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.1)
         raise AssertionError(f"forecast loop did not start:\n{self.log()}")
+
+    def scaler_port(self) -> int:
+        """The KEDA external scaler's port, as the loop logs it (started with --scaler-listen)."""
+        return self._port(pattern=r"serving the KEDA external scaler on [\d.]+:(\d+)")
 
     @property
     def target(self) -> str:

@@ -6,6 +6,7 @@ import copy
 import pytest
 import yaml
 
+from forecast_loop.capacity import Capacity
 from forecast_loop.config import ConfigError, load, parse
 
 GOOD = {
@@ -61,12 +62,48 @@ def with_change(path: str, value) -> dict:
     ("targets.0.thresholds.critical", {"above": "high"}, "targets[0].thresholds.critical.above: must be a finite number"),
     ("targets.0.thresholds.quantile", 1.5, "targets[0].thresholds.quantile: must be between 0 and 1"),
     ("targets.0.thresholds", {"quantile": 0.9}, "targets[0].thresholds: needs warning or critical"),
-    ("targets.0.capacity", {}, "targets[0].capacity: unknown key"),
+    ("targets.0.capacty", {}, "targets[0].capacty: unknown key"),
+    ("targets.0.capacity", {"per_replica": 100}, "targets[0].capacity.max_replicas: is required"),
+    ("targets.0.capacity", {"max_replicas": 3}, "targets[0].capacity.per_replica: is required"),
+    ("targets.0.capacity", {"per_replica": 0, "max_replicas": 3}, "targets[0].capacity.per_replica: must be > 0"),
+    ("targets.0.capacity", {"per_replica": -1.5, "max_replicas": 3}, "capacity.per_replica: must be > 0"),
+    ("targets.0.capacity", {"per_replica": "lots", "max_replicas": 3}, "capacity.per_replica: must be a finite"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "min_replicas": 3},
+     "targets[0].capacity.max_replicas: must be >= min_replicas (3), got 2"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 0, "min_replicas": 0},
+     "targets[0].capacity.max_replicas: must be a positive integer"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "min_replicas": -1},
+     "targets[0].capacity.min_replicas: must be an integer >= 0"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "quantile": 1},
+     "targets[0].capacity.quantile: must be between 0 and 1"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "lead_time": "-5m"},
+     "targets[0].capacity.lead_time: cannot parse duration"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "scale_down_window": -60},
+     "targets[0].capacity.scale_down_window: must be a duration >= 0"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "lead": "5m"},
+     "targets[0].capacity.lead: unknown key"),
+    ("scaler", {"listen": "9500"}, "scaler.listen: must be host:port"),
+    ("scaler", {"port": 9500}, "scaler.port: unknown key"),
 ])
 def test_mistakes_name_the_file_and_key(path, value, message):
     with pytest.raises(ConfigError) as exc:
         parse(with_change(path, value), "loop.yaml")
     assert str(exc.value).startswith("loop.yaml: ") and message in str(exc.value), str(exc.value)
+
+
+def test_capacity_and_scaler():
+    doc = with_change("targets.0.capacity", {"per_replica": 250, "max_replicas": 20})
+    (target,) = parse(doc).targets
+    assert target.capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=1, quantile=0.9,
+                                       lead_time=300.0, scale_down_window=300.0)
+    assert parse(doc).scaler_listen is None, "the scaler is off unless configured"
+    doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0)
+    doc["scaler"] = {"listen": "0.0.0.0:9500"}
+    config = parse(doc)
+    assert config.targets[0].capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=0,
+                                                  quantile=0.5, lead_time=150.0, scale_down_window=0.0)
+    assert config.scaler_listen == ("0.0.0.0", 9500)
+    assert parse(GOOD).targets[0].capacity is None
 
 
 def test_duplicate_target_names_and_missing_files(tmp_path):

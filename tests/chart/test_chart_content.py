@@ -252,7 +252,8 @@ def test_readme_lists_every_value():
     for whole in ("resources", "podSecurityContext", "securityContext", "tests.resources",
                   "networkPolicy.metricsNamespaceSelector", "networkPolicy.knative.systemNamespaceSelector",
                   "networkPolicy.knative.ingressNamespaceSelector", "forecastLoop.resources",
-                  "forecastLoop.networkPolicy.prometheus.namespaceSelector"):
+                  "forecastLoop.networkPolicy.prometheus.namespaceSelector",
+                  "forecastLoop.networkPolicy.keda.namespaceSelector", "forecastLoop.networkPolicy.keda.podSelector"):
         keys = {k for k in keys if not k.startswith(whole + ".")} | {whole}
     missing = sorted(keys - documented)
     assert not missing, f"chart README does not document: {missing}"

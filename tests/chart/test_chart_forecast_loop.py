@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chartlib import CHART, CI_DIR, NAMESPACE, RELEASE, promtool, promtool_unit_test, render, run_helm
 
 from forecast_loop.accuracy import Score
+from forecast_loop.capacity import Capacity, Recommender
 from forecast_loop.config import parse
 from forecast_loop.publish import Forecasts, LoopMetrics, ThresholdLine
 
@@ -147,11 +148,12 @@ def test_promtool_unit_tests_fire_and_stay_quiet(tmp_path):
 
 
 def published_names() -> set[str]:
-    """Every series name a loop with one forecast target publishes (its real collector)."""
+    """Every series name a loop with one forecast target (with capacity) publishes (its real collector)."""
     metrics = LoopMetrics(["t"], 60)
     view = metrics.views["t"]
+    recommendation = Recommender(Capacity(per_replica=1.0, max_replicas=3), 60).update(0, 0, 300, ["k"], np.ones((1, 12)))
     view.show(Forecasts([{"target": "t"}], np.zeros((3, 1, 12)), ("0.1", "0.5", "0.9"), (("15m", 2),), 0,
-                        np.zeros(1)))
+                        np.zeros(1), recommendation))
     view.last_success, view.skipped, view.score = 1.0, {"gap": 1}, Score(1.0, 0.8, 3)
     view.thresholds = (ThresholdLine("critical", "above", "0.9", 1.0),)
     metrics.errors.labels("t", "model_error").inc()

@@ -20,6 +20,7 @@ CRD_FILES = {
     "monitoring.coreos.com": ["monitoring.coreos.com_servicemonitors.yaml",
                               "monitoring.coreos.com_podmonitors.yaml",
                               "monitoring.coreos.com_prometheusrules.yaml"],
+    "keda.sh": ["keda.sh_scaledobjects.yaml"],
 }
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

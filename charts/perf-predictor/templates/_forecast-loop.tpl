@@ -44,5 +44,11 @@ serving.kserve.io/inferenceservice: {{ include "perf-predictor.fullname" . }}
 {{- with $f.model.step }}{{ $_ := set $model "step" . }}{{ end }}
 {{- if .Values.auth.enabled }}{{ $_ := set $model "bearer_token_file" (include "perf-predictor.authTokenFile" .) }}{{ end }}
 {{- $config := dict "prometheus" $prometheus "model" $model "interval" $f.interval "horizons" $f.horizons "listen" "0.0.0.0:9400" "accuracy" (dict "window" $f.accuracyWindow) "targets" $f.targets }}
+{{- if $f.scaler.enabled }}{{ $_ := set $config "scaler" (dict "listen" (printf "0.0.0.0:%d" (int $f.scaler.port))) }}{{ end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* The loop's Service address as KEDA's operator dials it (host:port, no scheme). */}}
+{{- define "perf-predictor.forecastLoop.scalerAddress" -}}
+{{- printf "%s.%s.svc.cluster.local:%d" (include "perf-predictor.forecastLoop.fullname" .) (include "perf-predictor.namespace" .) (int .Values.forecastLoop.scaler.port) }}
 {{- end }}

@@ -1,0 +1,117 @@
+"""The replica recommendation (forecast_loop.capacity): each expected value follows from the definition.
+
+Forecast point i (0-based) of an origin is at origin + (i+1)*step; the points counted are those up to
+now + lead_time + interval; the load is the maximum of the last scale_down_window seconds of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forecast_loop.capacity import Capacity, Recommendation, Recommender
+
+STEP = 300.0
+RAMP = np.arange(1.0, 13.0)  # point i is i + 1: the max over the first k points is k
+
+
+def rec(capacity: Capacity, interval: float = 60.0) -> Recommender:
+    return Recommender(capacity, interval)
+
+
+@pytest.mark.parametrize("lead_time, interval, now_after_origin, points", [
+    (300, 60, 10, 1),       # horizon end origin+370: only origin+300
+    (600, 60, 10, 2),       # origin+670: origin+300, origin+600
+    (540, 60, 0, 2),        # origin+600 exactly: that point counts
+    (540, 59, 0, 1),        # origin+599: it does not
+    (0, 1, 0, 1),           # before the first point: at least the first point
+    (3600, 60, 0, 12),      # beyond the model's horizon: every point
+    (3000, 60, 120, 10),    # origin+3180: points up to origin+3000
+])
+def test_raw_load_is_the_max_up_to_lead_time_plus_one_interval(lead_time, interval, now_after_origin, points):
+    origin = 1_000_000.0
+    r = rec(Capacity(per_replica=1.0, max_replicas=100, lead_time=lead_time), interval)
+    forecast = np.stack([RAMP, RAMP[::-1] * 10])  # a rising series and a falling one
+    out = r.update(origin + now_after_origin, origin, STEP, ["up", "down"], forecast)
+    assert out.raw_load.tolist() == [float(points), 120.0]  # falling: its first point is its max
+    assert out.desired.tolist() == [points, 100]
+
+
+@pytest.mark.parametrize("load, per_replica, lo, hi, desired", [
+    (250.0, 100.0, 1, 10, 3),    # ceil(2.5)
+    (300.0, 100.0, 1, 10, 3),    # exactly 3 replicas' worth: 3, not 4
+    (1.1, 0.1, 1, 20, 11),       # 11.000000000000002 in floating point is still 11
+    (0.0, 100.0, 1, 10, 1),      # the floor
+    (0.0, 100.0, 0, 10, 0),      # scale to zero allowed
+    (-5.0, 100.0, 0, 10, 0),     # a negative forecast never goes below the floor
+    (1e300, 1e-300, 2, 10, 10),  # the ceiling, without overflow
+    (0.01, 100.0, 0, 10, 1),     # any load at all needs a replica
+])
+def test_desired_is_ceil_of_load_over_per_replica_clamped(load, per_replica, lo, hi, desired):
+    capacity = Capacity(per_replica=per_replica, min_replicas=lo, max_replicas=hi)
+    out = rec(capacity).update(0.0, 0.0, STEP, ["k"], np.array([[load]]))
+    assert out.desired.dtype.kind == "i" and out.desired.tolist() == [desired]
+    assert out.load.tolist() == [load]
+
+
+def test_scale_up_at_once_scale_down_after_the_window():
+    r = rec(Capacity(per_replica=1.0, max_replicas=100, scale_down_window=300), 60.0)
+    raws = [2, 10, 3, 3, 3, 3, 3, 3, 12, 1]
+    loads = []
+    for n, value in enumerate(raws):
+        now = 60.0 * n
+        loads.append(r.update(now, now, STEP, [("service", "a")], np.full((1, 12), float(value))).load[0])
+    # t=60 rises to 10 at once; 10 counts while younger than 300 s (through t=300), so t=360 is the
+    # first iteration where only the 3s of t=120..360 count; 12 at t=480 counts again at once.
+    assert loads == [2, 10, 10, 10, 10, 10, 3, 3, 12, 12]
+
+
+def test_keys_are_independent_and_forgotten_after_the_window():
+    r = rec(Capacity(per_replica=1.0, max_replicas=100, scale_down_window=300), 60.0)
+    high = np.full((1, 12), 9.0)
+    low = np.full((1, 12), 1.0)
+    r.update(0.0, 0.0, STEP, ["a"], high)
+    out = r.update(60.0, 60.0, STEP, ["a", "b"], np.concatenate([high * 0 + 4, low]))
+    assert out.load.tolist() == [9.0, 1.0]  # b does not inherit a's history
+    # a is absent from t=120 on; back at t=200 its 9 (t=0, 60: 4) still counts, ...
+    assert r.update(200.0, 200.0, STEP, ["a"], low).load.tolist() == [9.0]
+    # ... and after 300 s without it, b is forgotten: a fresh low value stands alone.
+    assert r.update(400.0, 400.0, STEP, ["b"], low * 0.5).load.tolist() == [0.5]
+    assert set(r._history) == {"a", "b"}
+    r.update(1000.0, 1000.0, STEP, ["c"], low)
+    assert set(r._history) == {"c"}  # the memory stays bounded by the series seen in the window
+
+
+def test_zero_window_follows_the_forecast():
+    r = rec(Capacity(per_replica=2.0, max_replicas=10, scale_down_window=0), 60.0)
+    assert r.update(0.0, 0.0, STEP, ["k"], np.full((1, 3), 9.0)).desired.tolist() == [5]
+    assert r.update(60.0, 60.0, STEP, ["k"], np.full((1, 3), 3.0)).desired.tolist() == [2]
+
+
+def test_no_series_is_an_empty_recommendation():
+    out = rec(Capacity(per_replica=1.0, max_replicas=3)).update(0.0, 0.0, STEP, [], np.empty((0, 12)))
+    assert isinstance(out, Recommendation) and out.desired.shape == out.load.shape == out.raw_load.shape == (0,)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"per_replica": 0.0}, "per_replica must be > 0"),
+    ({"per_replica": float("nan")}, "per_replica must be > 0"),
+    ({"quantile": 1.0}, "quantile must be between 0 and 1"),
+    ({"lead_time": -1.0}, "lead_time must be >= 0"),
+    ({"scale_down_window": float("inf")}, "scale_down_window must be >= 0"),
+    ({"min_replicas": -1}, "min_replicas must be >= 0"),
+    ({"min_replicas": 5, "max_replicas": 4}, "max_replicas must be >= 1 and >= min_replicas (5)"),
+    ({"min_replicas": 0, "max_replicas": 0}, "max_replicas must be >= 1"),
+])
+def test_capacity_rejects_impossible_values(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Capacity(**{"per_replica": 1.0, "max_replicas": 10, **kwargs})
+
+
+@pytest.mark.parametrize("keys, forecast, message", [
+    (["a"], np.ones((2, 12)), "forecast must be"),
+    (["a"], np.ones((1, 0)), "forecast must be"),
+    (["a"], np.array([[1.0, np.nan]]), "NaN or Inf"),
+])
+def test_update_rejects_malformed_forecasts(keys, forecast, message):
+    with pytest.raises(ValueError, match=message):
+        rec(Capacity(per_replica=1.0, max_replicas=3)).update(0.0, 0.0, STEP, keys, forecast)
