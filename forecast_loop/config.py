@@ -334,7 +334,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     config = parse(document, file)
     for key, name in (("prometheus.bearer_token_file", config.prometheus.bearer_token_file),
-                      ("prometheus.ca_file", config.prometheus.ca_file)):
+                      ("prometheus.ca_file", config.prometheus.ca_file),
+                      ("model.bearer_token_file", config.model.bearer_token_file)):
         if name is not None and not Path(name).is_file():
             raise ConfigError(f"{file}: {key}: no such file {name!r}")
     return config
