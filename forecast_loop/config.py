@@ -5,7 +5,7 @@ Every section is read through `_Section`, which names the file and the key path 
 on one. A new per-target block is one more entry in `_target()`.
 
     prometheus: {url, bearer_token_file?, ca_file?, timeout: 10s}
-    model:      {url, name, timeout: 10s, max_batch_series: 1024, step?}
+    model:      {url, name, bearer_token_file?, timeout: 10s, max_batch_series: 1024, step?}
     interval:   60s
     horizons:   [15m, 30m, 60m]
     listen:     0.0.0.0:9400
@@ -56,6 +56,7 @@ class ModelConfig:
     timeout: float
     max_batch_series: int
     step: Optional[float]  # used only when the served model does not publish its step
+    bearer_token_file: Optional[str] = None  # the predictor's token file: its first token is sent
 
 
 @dataclass(frozen=True)
@@ -278,13 +279,14 @@ def parse(document: Any, file: str = "<config>") -> Config:
         ca_file=p.get("ca_file", _text, None),
         timeout=p.get("timeout", _duration, 10.0),
     )
-    m = top.section("model", ("url", "name", "timeout", "max_batch_series", "step"))
+    m = top.section("model", ("url", "name", "bearer_token_file", "timeout", "max_batch_series", "step"))
     model = ModelConfig(
         url=m.get("url", _url),
         name=m.get("name", _text),
         timeout=m.get("timeout", _duration, 10.0),
         max_batch_series=m.get("max_batch_series", _positive_int, 1024),
         step=m.get("step", _step, None),
+        bearer_token_file=m.get("bearer_token_file", _text, None),
     )
 
     def horizon_list(value: Any) -> tuple[float, ...]:
@@ -332,7 +334,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     config = parse(document, file)
     for key, name in (("prometheus.bearer_token_file", config.prometheus.bearer_token_file),
-                      ("prometheus.ca_file", config.prometheus.ca_file)):
+                      ("prometheus.ca_file", config.prometheus.ca_file),
+                      ("model.bearer_token_file", config.model.bearer_token_file)):
         if name is not None and not Path(name).is_file():
             raise ConfigError(f"{file}: {key}: no such file {name!r}")
     return config

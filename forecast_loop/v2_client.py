@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -49,9 +50,22 @@ class V2Client:
         self.config = config
         self.base = f"{config.url}/v2/models/{urllib.parse.quote(config.name, safe='')}"
 
+    def _token(self) -> dict:
+        if not self.config.bearer_token_file:
+            return {}
+        # read on every call: the Secret is rotated in place; its first token is the one to send
+        try:
+            lines = [line.strip() for line in Path(self.config.bearer_token_file).read_text().splitlines()]
+        except OSError as exc:
+            raise ModelError("model_token", f"cannot read the model's bearer token file: {exc}") from None
+        token = next((t for t in lines if t and not t.startswith("#")), None)
+        if token is None:
+            raise ModelError("model_token", f"{self.config.bearer_token_file} holds no token")
+        return {"Authorization": "Bearer " + token}
+
     def _call(self, url: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
         request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                         headers=headers or {})
+                                         headers={**(headers or {}), **self._token()})
         where = f"the model at {self.config.url}"
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout) as resp:

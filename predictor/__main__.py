@@ -13,6 +13,7 @@ import tempfile
 
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the model
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DIGEST_ENV = "PERF_PREDICTOR_MODEL_DIGEST"
 GRACE_PERIOD_S = 30  # KServe's default: in-flight requests get this long after SIGTERM
 
 
@@ -48,7 +49,7 @@ def non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    from . import logs
+    from . import auth, logs
 
     parser = argparse.ArgumentParser(prog="python -m predictor", parents=[model_server.parser])
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="model directory to serve")
@@ -78,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, keep serving this long after telling gRPC clients (HTTP/2 GOAWAY) to move, "
                              "so they go elsewhere before the server stops; native server (env "
                              "PERF_PREDICTOR_DRAIN_SECONDS)")
+    parser.add_argument("--auth_token_file", default=env_flag(auth.TOKEN_FILE_ENV, "") or None,
+                        help="bearer tokens, one per line (a mounted Secret; re-read when it changes): every call "
+                             f"but --auth_open needs one (env {auth.TOKEN_FILE_ENV}; default: no authentication)")
+    parser.add_argument("--auth_open", type=auth.parse_open, default=",".join(auth.OPENABLE),
+                        help="with authentication on, what stays open: health,metrics (the default), one of them, "
+                             "or '' for nothing")
+    parser.add_argument("--enable_repository_api", action="store_true",
+                        default=env_flag(auth.REPOSITORY_ENV, "false").lower() == "true",
+                        help="serve KServe's model repository API (load/unload, REST and gRPC); needs "
+                             f"--auth_token_file (env {auth.REPOSITORY_ENV})")
+    parser.add_argument("--model_digest", default=env_flag(DIGEST_ENV, "") or None,
+                        help="refuse to start unless the model directory's digest (python -m forecaster.digest "
+                             f"DIR) is this sha256:<hex> (env {DIGEST_ENV})")
     parser.set_defaults(model_name="perf-predictor", enable_latency_logging=None)
     return parser
 
@@ -102,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import ModelServer, model_server
     from kserve import logging as kserve_logging
 
+    from forecaster import digest
     from forecaster.artifact import ModelLoadError
 
-    from . import grpc_infer, grpc_server, logs, rest, workers
+    from . import auth, grpc_infer, grpc_server, logs, rest, workers
     from .model import PerfPredictor
 
     log = logging.getLogger("perf_predictor")
@@ -116,6 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         kserve_logging.configure_logging(model_server.args.log_config_file)
     latency_lines = args.request_log if args.enable_latency_logging is None else args.enable_latency_logging
 
+    policy = auth.Policy(args.auth_token_file, args.auth_open, args.enable_repository_api, args.model_name)
+    try:
+        policy.check()
+    except ValueError as exc:
+        log.error("not started: %s", exc)
+        return 2
+    policy.export()  # worker processes read it from the environment
+    if args.model_digest:
+        try:
+            expected, actual = digest.normalized(args.model_digest), digest.of_directory(args.model_dir)
+        except (ValueError, OSError) as exc:
+            log.error("model %s not loaded: no digest to check: %s", args.model_name, exc)
+            return 1
+        if actual != expected:
+            log.error("model %s not loaded: %s has digest %s, not the expected %s", args.model_name,
+                      args.model_dir, actual, expected)
+            return 1
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
     model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
                           args.inline_max_series)

@@ -140,9 +140,23 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyTuple_GET_ITEM(self->wanted, i);
         if ((size_t)PyBytes_GET_SIZE(key) == namelen && memcmp(PyBytes_AS_STRING(key), name, namelen) == 0) {
-            PyObject *v = PyBytes_FromStringAndSize((const char *)value, valuelen);
-            int failed = v == NULL || PyDict_SetItem(self->block, key, v) < 0;
-            Py_XDECREF(v);
+            /* a repeated field becomes one value, comma-joined as HTTP combines them (RFC 9110 5.3), so
+             * two Authorization fields are one malformed value, not the last one */
+            PyObject *seen = PyDict_GetItemWithError(self->block, key); /* borrowed */
+            if (seen == NULL && PyErr_Occurred())
+                return ERR_CALLBACK_FAILURE;
+            Py_ssize_t before = seen == NULL ? 0 : PyBytes_GET_SIZE(seen) + 2;
+            PyObject *v = PyBytes_FromStringAndSize(NULL, before + (Py_ssize_t)valuelen);
+            if (v == NULL)
+                return ERR_CALLBACK_FAILURE;
+            char *out = PyBytes_AS_STRING(v);
+            if (seen != NULL) {
+                memcpy(out, PyBytes_AS_STRING(seen), (size_t)before - 2);
+                memcpy(out + before - 2, ", ", 2);
+            }
+            memcpy(out + before, value, valuelen);
+            int failed = PyDict_SetItem(self->block, key, v) < 0;
+            Py_DECREF(v);
             return failed ? ERR_CALLBACK_FAILURE : 0;
         }
     }

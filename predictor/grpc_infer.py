@@ -19,10 +19,11 @@ from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.grpc import server as kserve_grpc_server
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest, ModelInferResponse
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import (ModelInferRequest, ModelInferResponse, RepositoryModelLoadResponse,
+                                                      RepositoryModelUnloadResponse)
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import codec, metrics
+from . import auth, codec, metrics
 from .batching import Pending, until_done
 from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error, reason_of)
@@ -214,7 +215,17 @@ class ForecastServicer(InferenceServicer):
             state["status"] = 200
             return ModelInferResponse.FromString(message)
 
+    # KServe 0.21's repository RPCs read a reply from ModelRepositoryExtension.load/unload, which return
+    # None: every call answered INTERNAL after doing its work. Served only with --enable_repository_api.
+    async def RepositoryModelLoad(self, request, context):
+        await self._mode_repository_extension.load(request.model_name)
+        return RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def RepositoryModelUnload(self, request, context):
+        await self._mode_repository_extension.unload(request.model_name)
+        return RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+
 
 def use_forecast_servicer() -> None:
     """KServe's GRPCServer builds its servicer from this module attribute; in each process that runs it."""
-    kserve_grpc_server.InferenceServicer = ForecastServicer
+    kserve_grpc_server.InferenceServicer = auth.grpcio_servicer(ForecastServicer, auth.current())

@@ -3,7 +3,8 @@ the single process and in each worker process, standing where KServe's GRPCServe
 
 ModelInfer goes to the model by grpc_infer.start, with no task: its reply is written from the
 callback that delivers its forecast. KServe's own servicer replies to the v2 protocol's other RPCs,
-with the statuses KServe's interceptor gives its errors. Limits: the message size flags,
+with the statuses KServe's interceptor gives its errors (its repository RPCs only when enabled). With
+authentication on, every call but the health RPCs shows its token first (auth.py). Limits: the message size flags,
 16 KiB of request headers (grpcio's default), 1,000 streams per connection, 4,096 connections, caps
 on unanswered request bytes per connection and per process, and timeouts for connections that stay
 silent or idle and for calls whose request or reply stalls.
@@ -27,7 +28,7 @@ from kserve import errors
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import grpc_infer
+from . import auth, grpc_infer
 from .contract import (DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error)
 from .grpc_infer import INFER_PATH, CallError, Reply
@@ -62,7 +63,7 @@ KSERVE_STATUS = [((errors.InferenceError, errors.InvalidInput, errors.Unsupporte
 OK_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"), grpc_infer.ACCEPT_ENCODING)
 OK_TRAILERS = ((b"grpc-status", b"0"),)
 INFER = INFER_PATH.encode()
-WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout")
+WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grpc-timeout", b"authorization")
 # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
 SETTINGS = {3: MAX_STREAMS, 4: STREAM_WINDOW, 6: MAX_HEADER_BYTES}
 NO_ERROR, INTERNAL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0, 2, 8, 11  # HTTP/2 error codes
@@ -111,13 +112,15 @@ def timeout_of(value: Optional[bytes]) -> Optional[float]:
     return int(digits) * TIMEOUT_UNITS[unit]
 
 
-def kserve_rpcs(servicer: InferenceServicer) -> dict[bytes, tuple[type, Callable]]:
-    """path -> (request message class, KServe's handler) for the unary RPCs KServe implements, but ModelInfer."""
+def kserve_rpcs(servicer: InferenceServicer, repository_api: bool = False) -> dict[bytes, tuple[type, Callable]]:
+    """path -> (request message class, KServe's handler) for the unary RPCs KServe implements, but ModelInfer
+    (and its repository RPCs, unless `repository_api`: auth.py)."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     return {f"/{SERVICE}/{m.name}".encode(): (getattr(pb, m.input_type.name), getattr(servicer, m.name))
             for m in service.methods
             if m.name != "ModelInfer" and m.name in InferenceServicer.__dict__
-            and not (m.client_streaming or m.server_streaming)}
+            and not (m.client_streaming or m.server_streaming)
+            and (repository_api or m.name not in auth.GRPC_REPOSITORY)}
 
 
 class Stream:
@@ -155,6 +158,7 @@ class NativeGRPCServer:
         self._reuse_port = reuse_port
         self.rpcs: dict[bytes, tuple[type, Callable]] = {}
         self.registry = None  # KServe's model registry (use())
+        self.gate: Optional[auth.Gate] = None  # with authentication on: checks every call's token
         self.connections: set[Connection] = set()
         self.buffered = 0  # request bytes held by all connections
         self.draining = False
@@ -165,7 +169,10 @@ class NativeGRPCServer:
 
     def use(self, data_plane, model_repository_extension, grace_period: int) -> NativeGRPCServer:
         self.registry = data_plane.model_registry
-        self.rpcs = kserve_rpcs(InferenceServicer(data_plane, model_repository_extension))
+        policy = auth.current()
+        self.gate = auth.Gate(policy) if policy.token_file else None
+        servicer = grpc_infer.ForecastServicer(data_plane, model_repository_extension)  # KServe's, repository fixed
+        self.rpcs = kserve_rpcs(servicer, policy.repository_api)
         self.grace_period = grace_period
         return self
 
@@ -244,7 +251,10 @@ class NativeGRPCServer:
         try:
             timeout = timeout_of(stream.headers.get(b"grpc-timeout"))
             path, encoding = stream.headers.get(b":path"), stream.headers.get(b"grpc-encoding")
-            if path == INFER:
+            if self.gate is not None and (refusal := self.gate.grpc_refusal(path, [
+                    v for v in (stream.headers.get(b"authorization"),) if v is not None])) is not None:
+                connection.reply(stream_id, Reply(auth.UNAUTHENTICATED, refusal))
+            elif path == INFER:
                 stream.call = grpc_infer.start(self.registry, b"".join(stream.chunks), encoding, started,
                                                partial(connection.reply, stream_id))
                 if stream.call is not None and timeout is not None:

@@ -40,6 +40,8 @@ PREDICT_BATCH = Histogram("perf_predictor_predict_batch_series", "Series per mod
 SERIES = Counter("perf_predictor_series_forecast", "Series forecast (sum of batch sizes).", ["model", "protocol"])
 CLIENT_ERRORS = Counter("perf_predictor_client_errors", "Rejected inference requests, by reason.",
                         ["model", "protocol", "reason"])
+AUTH_FAILURES = Counter("perf_predictor_auth_failures", "Calls refused for want of a valid bearer token, by "
+                        "reason: missing, malformed or invalid.", ["protocol", "reason"])
 LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify, load and compile the model.",
                      ["model"], multiprocess_mode="max")
 MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",

@@ -1,6 +1,8 @@
 """REST inference on KServe's FastAPI app: the v2 infer route of our models, answered ahead of
 FastAPI, and what every inference request gets on this port.
 
+- Before anything else, auth.py's gate: bearer tokens when authentication is on, KServe's repository
+  routes absent unless enabled, liveness 503 once the model is unloaded.
 - POST /v2/models/<our model>/infer (JSON and binary tensors) is answered before the app's middleware
   stack: KServe's route would build a pydantic object per number. Every other route (health,
   metadata, v1 `:predict`) stays KServe's.
@@ -27,7 +29,7 @@ from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import codec, metrics, timeseries
+from . import auth, codec, metrics, timeseries
 from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
 from .model import PerfPredictor, served
@@ -87,9 +89,12 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     """KServe's uvicorn server takes the module-level FastAPI object by import string, in every
     worker process, so the object itself changes: its class becomes a subclass that looks first."""
     base = type(app)
+    gate = auth.Gate(auth.current(), registry)  # tokens, the repository API, liveness (auth.py)
 
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and (refusal := gate.rest_refusal(scope)) is not None:
+                return await reply(send, refusal[0], refusal[1], extra_headers=refusal[2])
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:

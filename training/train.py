@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from forecaster import artifact
+from forecaster import artifact, digest
 from forecaster.model import ForecastSpec, QuantileForecaster, TrainingParams
 
 from .sources import Series
@@ -84,4 +84,5 @@ def train(series: list[Series], out: str | Path, source: str, name: str = "perf-
         },
     )
     log(f"wrote {out} (version {card['version']}) in {seconds}s")
+    log(f"model digest {digest.of_directory(out)} (pin it with the chart's model.digest)")
     return card

@@ -58,6 +58,15 @@ BAD = {
     "storage-uri-without-kserve": (["--set", "workload=deployment", "--set", "model.storageUri=s3://b/m"],
                                    r"model.storageUri needs KServe's storage initializer"),
     "storage-uri-bad-scheme": (["--set", "model.storageUri=ftp://host/model"], r"(?i)model.storageUri"),
+    # authentication (docs/security.md)
+    "repository-api-without-auth": (["--set", "server.repositoryApi=true"],
+                                    r"server.repositoryApi lets any caller unload the model: it needs auth.enabled"),
+    "auth-without-tokens": (["--set", "auth.enabled=true"], r"auth.enabled needs the tokens"),
+    "auth-short-token": (["--set", "auth.enabled=true", "--set", "auth.tokens[0]=short"], r"(?i)auth.tokens"),
+    "closed-metrics-with-monitor": (["--set", "auth.enabled=true", "--set", "auth.existingSecret=s",
+                                     "--set", "auth.openMetrics=false", "--set", "monitoring.podMonitor.enabled=true"],
+                                    r"auth.openMetrics=false: the ServiceMonitor/PodMonitor scrape carries no token"),
+    "digest-not-sha256": (["--set", "model.digest=md5:abc"], r"(?i)model.digest"),
     # KServe older than 0.15 is not supported (the deployment-mode names and autoscaling fields differ)
     "kserve-014": (["--set", "kserveVersion=0.14"], r"(?i)kserveVersion"),
     # pod fields Knative's webhook refuses with its default feature flags

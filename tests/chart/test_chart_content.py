@@ -202,6 +202,39 @@ def test_helm_test_hook_pod():
     assert env["BASE_URL"] == f"http://{RELEASE}.{NAMESPACE}.svc.cluster.local:8080"
 
 
+def test_auth_mounts_one_secret_into_the_server_the_loop_and_the_test():
+    """ci/auth-values.yaml: the flags, the Secret from values, mounted read-only without subPath (so
+    rotation reaches the pods: Kubernetes never updates a subPath mount) wherever a token is used."""
+    objs = render_case("helm3", "auth")
+    secret = one(objs, "Secret")
+    assert secret["stringData"]["tokens"].splitlines() == ["ci-token-" + "a" * 32, "ci-token-" + "b" * 32]
+    mount = {"name": "auth-tokens", "mountPath": "/var/run/secrets/perf-predictor", "readOnly": True}
+    volume = {"name": "auth-tokens", "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440,
+                                                "items": [{"key": "tokens", "path": "tokens"}]}}
+    c = container(one(objs, "InferenceService")["spec"]["predictor"])
+    assert {"--auth_token_file=/var/run/secrets/perf-predictor/tokens", "--auth_open=health,metrics",
+            "--enable_repository_api", "--model_digest=sha256:" + "0" * 64} <= set(c["args"])
+    assert mount in c["volumeMounts"] and volume in one(objs, "InferenceService")["spec"]["predictor"]["volumes"]
+    loop = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert mount in loop["containers"][0]["volumeMounts"] and volume in loop["volumes"]
+    config = yaml.safe_load(next(o for o in objs if o["kind"] == "ConfigMap" and "forecast-loop" in o["metadata"]["name"]
+                                 and "config.yaml" in o.get("data", {}))["data"]["config.yaml"])
+    assert config["model"]["bearer_token_file"] == "/var/run/secrets/perf-predictor/tokens"
+    test_pod = one(objs, "Pod")["spec"]
+    assert {"name": "TOKEN_FILE", "value": "/var/run/secrets/perf-predictor/tokens"} in test_pod["containers"][0]["env"]
+    assert mount in test_pod["containers"][0]["volumeMounts"] and volume in test_pod["volumes"]
+    # an existing Secret is used as it is, and nothing is created
+    objs = render("helm3", "--set", "auth.enabled=true", "--set", "auth.existingSecret=mine", "--set",
+                  "auth.secretKey=lines", "--set", "auth.openMetrics=false")
+    assert not [o for o in objs if o["kind"] == "Secret"]
+    isvc = one(objs, "InferenceService")["spec"]["predictor"]
+    assert {"name": "auth-tokens", "secret": {"secretName": "mine", "defaultMode": 0o440,
+                                              "items": [{"key": "lines", "path": "tokens"}]}} in isvc["volumes"]
+    assert "--auth_open=health" in container(isvc)["args"]
+    assert not any(a.startswith(("--auth", "--enable_repository", "--model_digest"))
+                   for a in container(one(render_case("helm3", "default"), "InferenceService")["spec"]["predictor"])["args"])
+
+
 def _leaf_keys(node, prefix=""):
     if isinstance(node, dict) and node:
         for k, v in node.items():

@@ -646,3 +646,14 @@ def test_monitors_scrape_the_running_pods(case):
     isvc = isvc_of(objs)
     if isvc is not None:
         assert monitor_covers_pods(objs, isvc, values_of(case)["deploymentMode"] == "Knative")
+
+
+def test_knative_accepts_the_token_secret():
+    """auth.enabled in Knative mode: a secret volume (allowed by Knative's mask) mounted outside its
+    reserved paths; with no pod securityContext there is no fsGroup, so the files are world-readable
+    (0444) for the container's non-root user."""
+    pred = isvc_of(objects("knative", "0.16", "--set", "auth.enabled=true", "--set", "auth.existingSecret=tokens"))[
+        "spec"]["predictor"]
+    assert knative_violations(pred) == []
+    (volume,) = [v for v in pred["volumes"] if v["name"] == "auth-tokens"]
+    assert volume["secret"]["defaultMode"] == 0o444

@@ -12,6 +12,8 @@ from chartlib import CASES, CHART, NAMESPACE, RELEASE, case_args, render_case, r
 # What each values file must render (kind -> count). A new ci file needs an entry here.
 EXPECTED_KINDS = {
     "default": {"InferenceService": 1, "PodDisruptionBudget": 1, "Pod": 1},
+    "auth": {"InferenceService": 1, "PodDisruptionBudget": 1, "Pod": 1, "Secret": 1, "Deployment": 1, "Service": 1,
+             "ConfigMap": 1},
     "deployment": {"Deployment": 1, "Service": 1, "HorizontalPodAutoscaler": 1, "PodDisruptionBudget": 1, "Pod": 1},
     "deployment-fixed": {"Deployment": 1, "Service": 1, "PodDisruptionBudget": 1, "Pod": 1},
     "deployment-service-monitor": {"Deployment": 1, "Service": 1, "HorizontalPodAutoscaler": 1,

@@ -1,6 +1,7 @@
 # helm test for perf-predictor: one real KServe v2 inference request.
 # Runs inside the project image with the Python standard library only.
-# Env: BASE_URL (http://host[:port]), MODEL_NAME, TIMEOUT_SECONDS.
+# Env: BASE_URL (http://host[:port]), MODEL_NAME, TIMEOUT_SECONDS, TOKEN_FILE (with auth.enabled: the
+# server's tokens; an anonymous call must then get 401 and the first token is sent).
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import urllib.request
 base = os.environ["BASE_URL"].rstrip("/")
 model = os.environ["MODEL_NAME"]
 deadline = time.time() + float(os.environ.get("TIMEOUT_SECONDS", "120"))
+token_file = os.environ.get("TOKEN_FILE")
 
 
 def fail(msg):
@@ -19,10 +21,17 @@ def fail(msg):
     sys.exit(1)
 
 
-def call(path, body=None):
+def token():
+    with open(token_file) as fh:
+        return next(t for t in (line.strip() for line in fh) if t and not t.startswith("#"))
+
+
+def call(path, body=None, anonymous=False):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST")
     req.add_header("Content-Type", "application/json")
+    if token_file and not anonymous:
+        req.add_header("Authorization", "Bearer " + token())
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.status, json.loads(resp.read().decode() or "null")
 
@@ -38,6 +47,14 @@ while True:
     if time.time() > deadline:
         fail("model %s not ready at %s within the timeout (last error: %s)" % (model, base, last))
     time.sleep(2)
+
+if token_file:
+    try:
+        call("/v2/models/%s" % model, anonymous=True)
+        fail("authentication is on but an anonymous metadata call was answered")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            fail("an anonymous metadata call got HTTP %s, not 401" % exc.code)
 
 _, meta = call("/v2/models/%s" % model)
 inputs = {t["name"]: t for t in meta.get("inputs", [])}

@@ -42,6 +42,7 @@ serving.kserve.io/inferenceservice: {{ include "perf-predictor.fullname" . }}
 {{- with $f.prometheus.caFile }}{{ $_ := set $prometheus "ca_file" . }}{{ end }}
 {{- $model := dict "url" (include "perf-predictor.forecastLoop.modelURL" .) "name" .Values.model.name "timeout" $f.model.timeout "max_batch_series" $f.model.maxBatchSeries }}
 {{- with $f.model.step }}{{ $_ := set $model "step" . }}{{ end }}
+{{- if .Values.auth.enabled }}{{ $_ := set $model "bearer_token_file" (include "perf-predictor.authTokenFile" .) }}{{ end }}
 {{- $config := dict "prometheus" $prometheus "model" $model "interval" $f.interval "horizons" $f.horizons "listen" "0.0.0.0:9400" "accuracy" (dict "window" $f.accuracyWindow) "targets" $f.targets }}
 {{- if $f.scaler.enabled }}{{ $_ := set $config "scaler" (dict "listen" (printf "0.0.0.0:%d" (int $f.scaler.port))) }}{{ end }}
 {{- toYaml $config }}

@@ -131,6 +131,34 @@ podSecurityContext move onto the container, whose securityContext Knative accept
 {{- printf "/v2/models/%s/ready" .Values.model.name }}
 {{- end }}
 
+{{/* Authentication (auth.enabled): the Secret of tokens, mounted read-only where the server, and the
+forecast loop, read it; Kubernetes updates the file in place when the Secret changes (no subPath). */}}
+{{- define "perf-predictor.authSecretName" -}}
+{{- default (printf "%s-auth" (include "perf-predictor.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "perf-predictor.authTokenFile" -}}
+/var/run/secrets/perf-predictor/tokens
+{{- end }}
+
+{{- define "perf-predictor.authVolume" -}}
+- name: auth-tokens
+  secret:
+    secretName: {{ include "perf-predictor.authSecretName" . }}
+    items:
+      - key: {{ .Values.auth.secretKey }}
+        path: tokens
+    {{- /* group-readable (0440) where the pod's fsGroup owns the files, else world-readable (0444): the
+    container's only user is the server */}}
+    defaultMode: {{ if and (default dict .Values.podSecurityContext).fsGroup (include "perf-predictor.knativeAllows" (list . "kubernetes.podspec-securitycontext")) }}288{{ else }}292{{ end }}
+{{- end }}
+
+{{- define "perf-predictor.authVolumeMount" -}}
+- name: auth-tokens
+  mountPath: /var/run/secrets/perf-predictor
+  readOnly: true
+{{- end }}
+
 {{/* Base URL the helm test pod talks to. */}}
 {{- define "perf-predictor.testURL" -}}
 {{- $ns := include "perf-predictor.namespace" . }}
@@ -156,6 +184,15 @@ mistakes first (see values.schema.json).
 {{- end }}
 {{- if and $m.serviceMonitor.enabled (include "perf-predictor.isKnative" .) }}
 {{- fail "monitoring.serviceMonitor is not supported with deploymentMode=Knative (Knative's Services front the queue-proxy): use monitoring.podMonitor" }}
+{{- end }}
+{{- if and .Values.server.repositoryApi (not .Values.auth.enabled) }}
+{{- fail "server.repositoryApi lets any caller unload the model: it needs auth.enabled" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (not .Values.auth.tokens) }}
+{{- fail "auth.enabled needs the tokens: auth.existingSecret (a Secret you manage; safer) or auth.tokens" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.openMetrics) (or $m.serviceMonitor.enabled $m.podMonitor.enabled) }}
+{{- fail "auth.openMetrics=false: the ServiceMonitor/PodMonitor scrape carries no token; leave metrics open or scrape with your own monitor" }}
 {{- end }}
 {{- if and .Values.model.storageUri (eq .Values.workload "deployment") }}
 {{- fail "model.storageUri needs KServe's storage initializer: use workload=inferenceService, or mount the model with extraVolumes/extraVolumeMounts at /mnt/models" }}
@@ -192,6 +229,16 @@ and by the plain Deployment so both run the same container.
     - --http_port=8080
     - --grpc_port=8081
     - --workers={{ .Values.server.workers }}
+    {{- if .Values.auth.enabled }}
+    - --auth_token_file={{ include "perf-predictor.authTokenFile" . }}
+    - --auth_open={{ if .Values.auth.openMetrics }}health,metrics{{ else }}health{{ end }}
+    {{- end }}
+    {{- if .Values.server.repositoryApi }}
+    - --enable_repository_api
+    {{- end }}
+    {{- with .Values.model.digest }}
+    - --model_digest={{ . }}
+    {{- end }}
     {{- range .Values.server.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -239,6 +286,9 @@ and by the plain Deployment so both run the same container.
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    {{- if .Values.auth.enabled }}
+    {{- include "perf-predictor.authVolumeMount" . | nindent 4 }}
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -285,6 +335,9 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: {{ .Values.tmpSizeLimit }}
+  {{- if .Values.auth.enabled }}
+  {{- include "perf-predictor.authVolume" . | nindent 2 }}
+  {{- end }}
   {{- with .Values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
