@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -12,17 +11,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from forecast_loop.v2_client import ModelError
+from forecast_loop.v2_client import ModelError, ModelSpec
 
 from . import demand
-from .compare import TARGET_OVERLOAD_REDUCTION, TARGET_REPLICA_HOURS_RATIO, Settings, compare
+from .compare import TARGET_OVERLOAD_REDUCTION, TARGET_REPLICA_HOURS_RATIO, Settings, compare, perfect_forecasts
 from .hpa import HPASettings
 from .served_model import ServedModel, client, origin_forecasts
+
+
+# the default model's shape (python -m training: W 336, H 12, 5-minute step), for --perfect-forecast
+PERFECT = ModelSpec(window=336, horizon=12, quantiles=(0.1, 0.5, 0.9), outputs=("p10", "p50", "p90"), step=300.0,
+                    version="perfect-forecast")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scaling_replay", description=__doc__)
     model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--perfect-forecast", action="store_true",
+                       help="no model: the predictive policy sees the actual future (a bound, not a result)")
     model.add_argument("--model-dir", type=Path, help="model directory: the command serves it with "
                        "`python -m predictor` on free loopback ports for the run")
     model.add_argument("--model-url", help="base URL of a predictor that already serves the model")
@@ -39,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reactive trigger's target: this share of one replica's capacity")
     p.add_argument("--quantile", type=float, default=d.quantile, help="forecast quantile the recommendation uses")
     p.add_argument("--loop-interval", type=float, default=d.loop_interval, help="forecast loop interval, seconds")
+    p.add_argument("--lead-time", type=float, help="the recommendation's lead time, seconds (default: start "
+                   "delay + one step)")
     p.add_argument("--scale-down-window", type=float, default=d.scale_down_window,
                    help="the recommendation's scale-down window, seconds")
     return p
@@ -47,15 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, log=print) -> dict:
     settings = Settings(start_delay=args.start_delay, target_utilisation=args.target_utilisation,
                         quantile=args.quantile, loop_interval=args.loop_interval,
-                        scale_down_window=args.scale_down_window, hpa=HPASettings())
+                        scale_down_window=args.scale_down_window, lead_time=args.lead_time, hpa=HPASettings())
     series = demand.load(args.data or demand.default_files())
     args.out.mkdir(parents=True, exist_ok=True)
     serving = ServedModel(args.model_dir) if args.model_dir else nullcontext()
     results = []
     started = time.monotonic()
     with serving as served:
-        model = client(served.url if args.model_dir else args.model_url)
-        spec = model.spec()
+        if args.perfect_forecast:
+            model, spec = None, PERFECT
+        else:
+            model = client(served.url if args.model_dir else args.model_url)
+            spec = model.spec()
         if spec.step is not None and any(s.step_seconds != spec.step for s in series):
             raise ValueError(f"the model's step is {spec.step:g}s; every replayed series must have it")
         for s in series:
@@ -64,7 +75,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 log(f"{s.name}: {len(values)} points, not more than the model's window {spec.window}: skipped")
                 continue
             t0 = time.monotonic()
-            forecasts = origin_forecasts(model, spec, values, settings.quantile)
+            forecasts = perfect_forecasts(values, spec.window, spec.horizon) if model is None else \
+                origin_forecasts(model, spec, values, settings.quantile)
             t1 = time.monotonic()
             result = compare(s.name, values, s.step_seconds, forecasts, spec.window, settings)
             t2 = time.monotonic()
@@ -77,6 +89,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     document = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"dir": str(args.model_dir) if args.model_dir else None, "url": args.model_url,
+                  "perfect_forecast": args.perfect_forecast,
                   "version": spec.version, "window": spec.window, "horizon": spec.horizon,
                   "quantiles": list(spec.quantiles), "step_seconds": spec.step},
         "settings": {**settings.as_dict(), "capacity_rule": f"99th percentile of the replayed demand / "

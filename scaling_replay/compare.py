@@ -16,7 +16,7 @@ from forecast_loop.capacity import Capacity, Recommender
 
 from .demand import capacity_for
 from .hpa import HPASettings
-from .replay import Outcome, Predictive, ServiceModel, Trajectory, outcome, replay
+from .replay import Outcome, Predictive, ServiceModel, outcome, replay
 
 TARGET_OVERLOAD_REDUCTION = 0.5  # at least 50% fewer overloaded minutes than reactive...
 TARGET_REPLICA_HOURS_RATIO = 1.1  # ...with at most 10% more replica-hours
@@ -32,8 +32,10 @@ class Settings:
     quantile: float = 0.9  # capacity.quantile of the forecast loop's target
     loop_interval: float = 60.0  # the forecast loop's interval
     scale_down_window: float = 300.0  # capacity.scale_down_window of the forecast loop's target
-    lead_time: Optional[float] = None  # capacity.lead_time of the forecast loop's target; None: start_delay
-    per_replica_share: float = 1.0  # capacity.per_replica = this share of what one replica serves
+    # capacity.lead_time of the forecast loop's target; None: start_delay + one step. The Recommender counts a
+    # forecast point by its time, and a point holds the demand of the step before it (rate over [T - step,
+    # T]), so the step in progress when a new pod is ready ends up to one step after the pod start.
+    lead_time: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,8 +93,8 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
     capacity = capacity_for(values[window:])
     service = ServiceModel(capacity, settings.start_delay, settings.target_utilisation, settings.scrape_lag,
                            settings.rate_window)
-    lead_time = settings.start_delay if settings.lead_time is None else settings.lead_time
-    recommender = Recommender(Capacity(per_replica=settings.per_replica_share * capacity,
+    lead_time = settings.start_delay + step if settings.lead_time is None else settings.lead_time
+    recommender = Recommender(Capacity(per_replica=capacity,
                                        max_replicas=settings.hpa.max_replicas,
                                        quantile=settings.quantile, lead_time=lead_time,
                                        min_replicas=settings.hpa.min_replicas,
@@ -105,5 +107,11 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
                         outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive})
 
 
-def trajectories_of(result: SeriesResult) -> tuple[Trajectory, Trajectory]:
-    return result.trajectories["reactive"], result.trajectories["predictive"]
+def perfect_forecasts(values: np.ndarray, window: int, horizon: int) -> np.ndarray:
+    """What a perfect forecaster would say: row j holds the H buckets after bucket j (the last bucket repeated
+    past the end). A bound on what any model can do through this recommendation and this HPA."""
+    out = np.full((len(values), horizon), np.nan)
+    padded = np.concatenate([values, np.full(horizon, values[-1])])
+    rows = np.arange(window - 1, len(values))
+    out[rows] = padded[rows[:, None] + 1 + np.arange(horizon)]
+    return out

@@ -4,7 +4,6 @@ replayed with forecasts from the real predictor through the forecast loop's v2 c
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -152,3 +151,12 @@ def test_replay_command_on_a_slice_of_nab_tweets_with_the_real_predictor(model_d
     # the forecast trigger only adds replicas on top of the reactive floor
     assert row["predictive"]["replica_hours"] >= row["reactive"]["replica_hours"]
     assert document["model"]["window"] == 336 and (out / "Twitter_volume_GOOG.png").stat().st_size > 10_000
+
+
+def test_perfect_forecasts_are_the_buckets_after_each_origin():
+    from scaling_replay.compare import perfect_forecasts
+
+    values = np.arange(10.0)
+    got = perfect_forecasts(values, window=4, horizon=3)
+    assert np.isnan(got[:3]).all()
+    assert got[3].tolist() == [4.0, 5.0, 6.0] and got[8].tolist() == [9.0, 9.0, 9.0]
