@@ -3,9 +3,8 @@
 Default series (from `$PERF_PREDICTOR_SHARED`, default ../shared beside the repo):
 - all 7 of `data/nab-tweets`: Twitter mention volume per 5 minutes, counts of events arriving from
   outside, with daily and weekly cycles and bursts: the closest thing in NAB to a request rate;
-- of `data/nab`, the two network-in series of EC2 instances and the ELB-fronted instance
-  (`ec2_network_in_*`, `iio_us-east-1_i-a2eb1cd9_NetworkIn`): bytes received, which scale with the
-  requests a service receives. The CPU, disk-write and ASG series are the service's response to load
+- of `data/nab`, the three network-in series (`ec2_network_in_*`, `iio_us-east-1_i-a2eb1cd9_NetworkIn`):
+  bytes an instance received, which scale with the requests it receives. The CPU, disk-write and ASG series are the service's response to load
   (CPU is bounded at 100%, and it changes with the replica count), not demand, so they are left out.
 A series with a gap longer than the loaders fill is several pieces; each piece is replayed on its own.
 
