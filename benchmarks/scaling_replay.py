@@ -89,7 +89,9 @@ def render(document: dict, level: int = 2) -> str:
         source = document["sources"].get(key)
         if source is None:
             continue
-        rows = source["series"]
+        order = {r["series"]: i for i, r in enumerate(document["sources"]["default"]["series"])} \
+            if "default" in document["sources"] else {}
+        rows = sorted(source["series"], key=lambda r: order.get(r["series"], len(order)))
         met = sum(r["target_met"] for r in rows)
         lines += ["", f"{h}# Forecasts from {heading}: target met on {met} of {len(rows)}", "",
                   "| series | days | overloaded min, reactive → predictive | unserved, reactive → predictive "
