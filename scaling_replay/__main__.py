@@ -24,6 +24,16 @@ PERFECT = ModelSpec(window=336, horizon=12, quantiles=(0.1, 0.5, 0.9), outputs=(
                     version="perfect-forecast")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scaling_replay", description=__doc__)
     model = p.add_mutually_exclusive_group(required=True)
@@ -36,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, action="append",
                    help="a timestamp,value CSV to replay (repeat; default: the NAB demand series of "
                         "$PERF_PREDICTOR_SHARED, see scaling_replay/demand.py)")
-    p.add_argument("--points", type=int, help="replay only the last POINTS points of each series "
+    p.add_argument("--points", type=positive_int, help="replay only the last POINTS points of each series "
                    "(the model's window of them is history, not replayed)")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     d = Settings()

@@ -80,6 +80,8 @@ class ServedModel:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if exc and exc[0] is None:  # a clean run leaves no log behind; a failed start kept it for its message
+            self.log.unlink(missing_ok=True)
 
 
 def client(url: str, timeout: float = 120.0, max_batch_series: int = 2048) -> V2Client:

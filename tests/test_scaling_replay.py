@@ -160,3 +160,14 @@ def test_perfect_forecasts_are_the_buckets_after_each_origin():
     got = perfect_forecasts(values, window=4, horizon=3)
     assert np.isnan(got[:3]).all()
     assert got[3].tolist() == [4.0, 5.0, 6.0] and got[8].tolist() == [9.0, 9.0, 9.0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--perfect-forecast", "--data", "no-such-file.csv"], "no-such-file.csv"),
+    (["--perfect-forecast", "--points", "0"], "must be at least 1"),
+    (["--data", "x.csv"], "one of the arguments --perfect-forecast --model-dir --model-url is required"),
+])
+def test_replay_command_rejects_bad_input_with_a_clear_message(tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, "-m", "scaling_replay", "--out", str(tmp_path / "out"), *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
