@@ -81,7 +81,7 @@ def render(document: dict, level: int = 2) -> str:
              f"{st['rate_window']:g}-s rate scraped {st['scrape_lag']:g} s late; HPA sync "
              f"{st['hpa']['sync_period']:g} s, tolerance {st['hpa']['tolerance']:g}, scale-down stabilisation "
              f"{st['hpa']['downscale_stabilization']:g} s; forecast trigger: the recommendation at quantile "
-             f"{st['quantile']:g}, per_replica = one replica's capacity, lead time pod start + one step, loop "
+             f"{st['quantile']:g}, per_replica = one replica's capacity, lead time = pod start, loop "
              f"interval {st['loop_interval']:g} s, scale-down window {st['scale_down_window']:g} s. "
              f"Capacity per replica: {st['capacity_rule']}. Target: at least 50% fewer overloaded minutes "
              "with at most 10% more replica-hours."]

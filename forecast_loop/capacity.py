@@ -1,9 +1,11 @@
 """A target's replica recommendation: how many replicas its forecast load needs, a lead time ahead.
 
 Pure (numpy only, no I/O): the loop calls it every iteration and the replay simulation calls the same
-code. For each series, `raw_load` is the largest forecast (at the configured quantile) over the points
+code. For each series, `raw_load` is the largest forecast (at the configured quantile) over the steps
 from now to now + lead_time + one interval: replicas asked for now are ready after the lead time, and
-the next recommendation comes one interval later, so this one must cover until then. `load` is the
+the next recommendation comes one interval later, so this one must cover until then. Point i of a
+forecast, at origin + (i+1)*step, is the load of the step that ends there (a rate over the step before
+it), so every point whose step begins before now + lead_time + interval counts. `load` is the
 largest `raw_load` of the last `scale_down_window` seconds (the Kubernetes HPA's scale-down
 stabilisation, pkg/controller/podautoscaler/horizontal.go `stabilizeRecommendation`: a recommendation
 counts while it is younger than the window), so a higher forecast scales up at once and a lower one
@@ -80,8 +82,8 @@ class Recommender:
     def update(self, now: float, origin: float, step: float, keys: Sequence[Hashable],
                forecast: np.ndarray) -> Recommendation:
         """forecast: [n, H] of the chosen quantile for the series `keys` (hashable), point i at
-        origin + (i+1)*step. raw_load = max over the points with time <= now + lead_time + interval
-        (at least the first point). load = max of raw_load over the last scale_down_window seconds,
+        origin + (i+1)*step, the load of the step (origin + i*step, origin + (i+1)*step]. raw_load = max
+        over the points whose step begins before now + lead_time + interval (at least the first point). load = max of raw_load over the last scale_down_window seconds,
         per key (scale-up at once, scale-down only after the forecast has stayed low for the window).
         Keys not seen for longer than the window are forgotten."""
         forecast = np.asarray(forecast, dtype=np.float64)
@@ -93,7 +95,7 @@ class Recommender:
             raise ValueError(f"step must be > 0, got {step!r}")
         horizon_end = now + self.capacity.lead_time + self.interval
         times = origin + step * np.arange(1, forecast.shape[1] + 1)
-        points = max(1, int(np.count_nonzero(times <= horizon_end)))
+        points = max(1, int(np.count_nonzero(times - step < horizon_end)))
         raw = forecast[:, :points].max(axis=1)
 
         cutoff = now - self.capacity.scale_down_window

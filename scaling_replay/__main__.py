@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reactive trigger's target: this share of one replica's capacity")
     p.add_argument("--quantile", type=float, default=d.quantile, help="forecast quantile the recommendation uses")
     p.add_argument("--loop-interval", type=float, default=d.loop_interval, help="forecast loop interval, seconds")
-    p.add_argument("--lead-time", type=float, help="the recommendation's lead time, seconds (default: start "
-                   "delay + one step)")
+    p.add_argument("--lead-time", type=float, help="the recommendation's lead time, seconds (default: the "
+                   "start delay)")
     p.add_argument("--scale-down-window", type=float, default=d.scale_down_window,
                    help="the recommendation's scale-down window, seconds")
     return p

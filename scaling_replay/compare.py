@@ -32,9 +32,8 @@ class Settings:
     quantile: float = 0.9  # capacity.quantile of the forecast loop's target
     loop_interval: float = 60.0  # the forecast loop's interval
     scale_down_window: float = 300.0  # capacity.scale_down_window of the forecast loop's target
-    # capacity.lead_time of the forecast loop's target; None: start_delay + one step. The Recommender counts a
-    # forecast point by its time, and a point holds the demand of the step before it (rate over [T - step,
-    # T]), so the step in progress when a new pod is ready ends up to one step after the pod start.
+    # capacity.lead_time of the forecast loop's target; None: start_delay (the Recommender counts every
+    # forecast step that has begun by then, so the step in progress when a new pod is ready is covered)
     lead_time: Optional[float] = None
 
     def as_dict(self) -> dict:
@@ -93,7 +92,7 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
     capacity = capacity_for(values[window:])
     service = ServiceModel(capacity, settings.start_delay, settings.target_utilisation, settings.scrape_lag,
                            settings.rate_window)
-    lead_time = settings.start_delay + step if settings.lead_time is None else settings.lead_time
+    lead_time = settings.start_delay if settings.lead_time is None else settings.lead_time
     recommender = Recommender(Capacity(per_replica=capacity,
                                        max_replicas=settings.hpa.max_replicas,
                                        quantile=settings.quantile, lead_time=lead_time,

@@ -1,7 +1,7 @@
 """The replica recommendation (forecast_loop.capacity): each expected value follows from the definition.
 
-Forecast point i (0-based) of an origin is at origin + (i+1)*step; the points counted are those up to
-now + lead_time + interval; the load is the maximum of the last scale_down_window seconds of them.
+Forecast point i (0-based) of an origin is at origin + (i+1)*step and holds the load of the step that
+ends there; the points counted are those whose step begins before now + lead_time + interval; the load is the maximum of the last scale_down_window seconds of them.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ def rec(capacity: Capacity, interval: float = 60.0) -> Recommender:
 
 
 @pytest.mark.parametrize("lead_time, interval, now_after_origin, points", [
-    (300, 60, 10, 1),       # horizon end origin+370: only origin+300
-    (600, 60, 10, 2),       # origin+670: origin+300, origin+600
-    (540, 60, 0, 2),        # origin+600 exactly: that point counts
-    (540, 59, 0, 1),        # origin+599: it does not
-    (0, 1, 0, 1),           # before the first point: at least the first point
+    (300, 60, 10, 2),       # horizon end origin+370: the steps ending at +300 and +600 (begun at +300)
+    (600, 60, 10, 3),       # origin+670: the step ending at +900 has begun at +600
+    (540, 60, 0, 2),        # origin+600 exactly: the step beginning there does not count
+    (540, 61, 0, 3),        # origin+601: it does
+    (0, 1, 0, 1),           # within the first step: the first point only
     (3600, 60, 0, 12),      # beyond the model's horizon: every point
-    (3000, 60, 120, 10),    # origin+3180: points up to origin+3000
+    (3000, 60, 120, 11),    # origin+3180: the steps begun by then, up to the one ending at +3300
 ])
-def test_raw_load_is_the_max_up_to_lead_time_plus_one_interval(lead_time, interval, now_after_origin, points):
+def test_raw_load_is_the_max_over_the_steps_until_lead_time_plus_one_interval(lead_time, interval, now_after_origin, points):
     origin = 1_000_000.0
     r = rec(Capacity(per_replica=1.0, max_replicas=100, lead_time=lead_time), interval)
     forecast = np.stack([RAMP, RAMP[::-1] * 10])  # a rising series and a falling one
