@@ -1,10 +1,11 @@
 """The native gRPC front's HTTP/2 session under a coverage-guided fuzzer (atheris, libFuzzer's engine),
 and the replay of a corpus of such inputs (tests/test_h2_fuzz_corpus.py).
 
-One input is one client connection: records of [kind, length (2 bytes, big-endian), payload]. Kinds 0-3
-hand the payload to the connection as one read, after the client preface; 4 answers the calls held back
-so far; 5 starts a drain (the GOAWAY notice of SIGTERM); 6 stops or resumes the client's reading; 7 runs
-the stall sweep as if its timeout had passed. The bytes go through grpc_server.Connection, the protocol
+One input is one client connection: records of [kind, length (2 bytes, big-endian), payload]. Kinds 0-2
+hand the payload to the connection as one read, after the client preface; 3 sends the final GOAWAY (the
+server stopping, or the connection idle); 4 answers the calls held back so far; 5 starts a drain (the
+GOAWAY notice of SIGTERM); 6 stops or resumes the client's reading; 7 runs the stall sweep as if its
+timeout had passed. The bytes go through grpc_server.Connection, the protocol
 the server's event loop uses, into predictor._h2 (libnghttp2 under _h2.c): the same calls, in the same
 order, with a transport that keeps what is written. Calls on streams 1, 9, 17... go to the server's real
 `call` (gRPC framing, decompression, the ModelInfer message; no model is registered, so NOT_FOUND); the
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FEED, ANSWER, DRAIN, PAUSE, SWEEP = 0, 4, 5, 6, 7
+FEED, STOP, ANSWER, DRAIN, PAUSE, SWEEP = 0, 3, 4, 5, 6, 7
 
 
 def records(data: bytes):
@@ -34,7 +35,7 @@ def records(data: bytes):
     at = 0
     while at + 3 <= len(data):
         kind, length = data[at] & 7, int.from_bytes(data[at + 1:at + 3], "big")
-        yield (FEED if kind < ANSWER else kind), data[at + 3:at + 3 + length]
+        yield (FEED if kind < STOP else kind), data[at + 3:at + 3 + length]
         at += 3 + length
 
 
@@ -146,6 +147,8 @@ class Harness:
             if kind == FEED:
                 connection.data_received((b"" if fed else PREFACE) + payload)
                 fed = True
+            elif kind == STOP:
+                connection.goaway()
             elif kind == ANSWER:
                 held, self.held = self.held, []
                 for conn, stream_id, reply in held:
@@ -190,21 +193,17 @@ def fuzz(seconds: int, dirs: list[str], extra: list[str]) -> None:
 
     with atheris.instrument_imports(include=["predictor", "tests.fuzz"]):
         harness = Harness()
-    runs, rss, started = 0, [], time.monotonic()
+    runs, started, last = 0, time.monotonic(), 0.0
 
     def one_input(data: bytes) -> None:
-        nonlocal runs
+        nonlocal runs, last
         harness.run(data)
         runs += 1
-        if runs % 2000 == 0:
-            rss.append((round(time.monotonic() - started), round(rss_mib(), 1)))
+        now = time.monotonic() - started
+        if now - last >= 30:  # the process's memory now (libFuzzer's rss is the peak so far)
+            last = now
+            print(f"h2_fuzz: {runs} runs, {now:.0f} s, rss {rss_mib():.0f} MiB", file=sys.stderr, flush=True)
 
-    def report() -> None:
-        print(json.dumps({"runs": runs, "seconds": round(time.monotonic() - started),
-                          "rss_mib_samples": rss[:3] + rss[-3:], "rss_mib_end": round(rss_mib(), 1)}), flush=True)
-
-    import atexit
-    atexit.register(report)
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=2048", "-timeout=10",
                    "-print_final_stats=1", *extra, *dirs], one_input)
     atheris.Fuzz()

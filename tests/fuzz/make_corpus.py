@@ -12,7 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from tests.fuzz.h2_fuzz import ANSWER, DRAIN, FEED, PAUSE, SWEEP, record
+from tests.fuzz.h2_fuzz import ANSWER, DRAIN, FEED, PAUSE, STOP, SWEEP, record
 from tests.test_h2_session import CALL, END_HEADERS, END_STREAM, frame, header_block, hpack_int
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 2, 3, 4, 6, 7, 8, 9
@@ -81,6 +81,7 @@ def seeds() -> dict[str, bytes]:
         "call-bad-timeout": feed(START + call(1, fields=CALL + [(b"grpc-timeout", b"999999999S")])),
         "call-unknown-method": feed(START + call(1, fields=[CALL[0], CALL[1], (b":path", b"/x/y")] + CALL[3:])),
         "held-then-drain": feed(START + call(5)) + record(DRAIN) + record(ANSWER) + feed(call(7)) + record(ANSWER),
+        "held-then-stop": feed(START + call(5) + call(7)) + record(STOP) + record(ANSWER) + feed(call(9)),
         "held-then-client-goaway": feed(START + call(5) + frame(GOAWAY, 0, 0, struct.pack(">II", 5, 0))) + record(ANSWER),
         "reader-pauses": feed(START) + record(PAUSE) + feed(call(3)) + record(PAUSE) + feed(frame(PING, 0, 0, b"8bytes!!")),
         "stall-mid-request": feed(START + call(3, end=False)) + record(SWEEP) + feed(call(5)) + record(ANSWER),
