@@ -1,6 +1,8 @@
 """Writes the seed corpus of tests/fuzz/h2_fuzz.py: one file per way a client can abuse an HTTP/2
 connection, plus ordinary calls the fuzzer mutates from. Deterministic: running it again writes the same
 bytes. tests/test_h2_fuzz_corpus.py replays these files and checks what the server did with the attacks.
+The corpus also keeps small inputs the fuzzer found (found-*: scripts/fuzz-h2.sh writes them to
+build/h2-fuzz/corpus), which this script leaves alone.
 
   python -m tests.fuzz.make_corpus [OUT_DIR]     default tests/fuzz/corpus/h2
 """
