@@ -388,9 +388,8 @@ static PyObject *Session_send(Session *self, PyObject *unused) {
     if (size == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
     /* usually one piece (a reply's frames); more when a large body goes out frame by frame (16 kB each).
-     * The buffer doubles as it fills: copying stays linear in the bytes sent whatever realloc does (a
-     * 64 MiB reply grown piece by piece took 0.9 s of copying; under ASan, whose realloc always copies,
-     * minutes). */
+     * The buffer doubles as it fills, so copying stays linear in the bytes sent whatever realloc does
+     * (ASan's always copies). */
     PyObject *out = PyBytes_FromStringAndSize((const char *)data, size);
     Py_ssize_t used = size;
     while (out != NULL && (size = nghttp2_session_mem_send(self->session, &data)) > 0) {
