@@ -401,17 +401,24 @@ static PyObject *Session_send(Session *self, PyObject *unused) {
         return session_error((int)size);
     if (size == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
-    /* usually one piece (a reply's frames); more when a large body goes out frame by frame */
+    /* usually one piece (a reply's frames); more when a large body goes out frame by frame (16 kB each).
+     * The buffer doubles as it fills, so copying stays linear in the bytes sent whatever realloc does
+     * (ASan's always copies). */
     PyObject *out = PyBytes_FromStringAndSize((const char *)data, size);
+    Py_ssize_t used = size;
     while (out != NULL && (size = nghttp2_session_mem_send(self->session, &data)) > 0) {
-        Py_ssize_t have = PyBytes_GET_SIZE(out);
-        if (_PyBytes_Resize(&out, have + size) == 0)
-            memcpy(PyBytes_AS_STRING(out) + have, data, (size_t)size);
+        Py_ssize_t capacity = PyBytes_GET_SIZE(out);
+        if (used + size > capacity && _PyBytes_Resize(&out, Py_MAX(2 * capacity, used + size)) < 0)
+            break; /* out is NULL, MemoryError set */
+        memcpy(PyBytes_AS_STRING(out) + used, data, (size_t)size);
+        used += size;
     }
     if (out != NULL && size < 0) {
         Py_DECREF(out);
         return session_error((int)size);
     }
+    if (out != NULL && used < PyBytes_GET_SIZE(out))
+        _PyBytes_Resize(&out, used);
     return out;
 }
 

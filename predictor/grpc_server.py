@@ -67,6 +67,7 @@ WANTED_HEADERS = (b":method", b":path", b"content-type", b"grpc-encoding", b"grp
 # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
 SETTINGS = {3: MAX_STREAMS, 4: STREAM_WINDOW, 6: MAX_HEADER_BYTES}
 NO_ERROR, INTERNAL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0, 2, 8, 11  # HTTP/2 error codes
+ERR_STREAM_CLOSED = -510  # what respond() gives for a stream that is no longer open (_h2.c)
 
 
 def available() -> bool:
@@ -298,6 +299,7 @@ class Connection(asyncio.Protocol):
         self.paused_since = 0.0
         self.notice_pending = False
         self.reading = False  # replies given meanwhile go out together when the read is handled
+        self.reset_now: set[int] = set()  # streams closed by the events being handled
         self.session: Optional[h2.Session] = h2.Session(WANTED_HEADERS, MAX_HEADER_BYTES, SETTINGS)
         self.session.set_connection_window(CONNECTION_WINDOW)
 
@@ -430,7 +432,9 @@ class Connection(asyncio.Protocol):
         stream.chunks = []
 
     def _check_submitted(self, stream_id: int, result: int) -> None:
-        if result < 0:  # libnghttp2 refused the reply (the stream is closing, say): reset rather than hang
+        if result == ERR_STREAM_CLOSED:  # the client reset the call: nobody to answer, nothing to log
+            return
+        if result < 0:  # libnghttp2 refused the reply: reset rather than hang
             logger.warning("gRPC reply on stream %d not sent: %s", stream_id, h2.strerror(result))
             self.session.reset(stream_id, INTERNAL_ERROR)
 
@@ -463,6 +467,8 @@ class Connection(asyncio.Protocol):
 
     # --- libnghttp2's events (predictor/_h2.c), in the order it reported them
     def _handle(self, events: list[tuple]) -> None:
+        # a call reset in the same read as its request (a rapid reset) is never begun
+        self.reset_now = {event[1] for event in events if event[0] == h2.CLOSED}
         for event in events:
             kind, stream_id = event[0], event[1]
             if kind == h2.DATA:
@@ -514,7 +520,7 @@ class Connection(asyncio.Protocol):
             self._http_error(stream_id, b"405")
         elif not is_grpc(stream.headers.get(b"content-type", b"")):
             self._http_error(stream_id, b"415")  # as the gRPC over HTTP/2 spec asks
-        else:
+        elif stream_id not in self.reset_now:
             stream.begun = True
             self.server.call(self, stream_id, stream)
 

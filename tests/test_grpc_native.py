@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from .conftest import MODEL_NAME, REPO, start_server, stop_server, wait_ready
 from .test_grpc_front import infer
-from .test_metrics import scrape, value
+from .test_metrics import scrape, value, wait_for_count
 from .test_serving import card, histories, window  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("predictor._h2") is None,
@@ -319,3 +319,26 @@ def test_workers_share_the_grpc_port(model_dir, tmp_path, window):
         assert "draining gRPC connections" in srv.log()
     finally:
         stop_server(srv)
+
+
+def test_a_rapid_reset_begins_no_call_and_ends_the_connection(server, window):
+    """1,100 calls each reset in the same write (CVE-2023-44487), on the running server: libnghttp2's
+    reset budget answers GOAWAY INTERNAL_ERROR (tests/test_h2_fuzz_corpus.py has the limits), no call
+    reaches the model or the request count, nothing is logged, and the next client is served."""
+    from tests.fuzz.make_corpus import RST_STREAM, START, indexed
+    from tests.test_h2_session import END_HEADERS, END_STREAM, HEADERS, frame
+
+    first, again = indexed()
+    attack = PREFACE + START + b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, again if i else first)
+                                        + frame(RST_STREAM, 0, 2 * i + 1, struct.pack(">I", 8)) for i in range(1100))
+    counted = value(scrape(server), "perf_predictor_requests_total", protocol="grpc")
+    with socket.create_connection(("127.0.0.1", server.grpc_port), timeout=30) as client:
+        client.sendall(attack)
+        goaway = [payload for kind, payload in read_frames(client, until_type=GOAWAY, timeout=30) if kind == GOAWAY]
+    assert goaway and struct.unpack(">I", goaway[0][4:8]) == (2,), goaway  # INTERNAL_ERROR
+    assert infer(server, histories(1, window)).as_numpy("p50").shape == (1, 12)
+    # the one call served above, and at most a few of the attack's should the kernel split its bytes
+    # between a request and its reset (each begun call would be counted as a rejected request)
+    more = wait_for_count(lambda: value(scrape(server), "perf_predictor_requests_total", protocol="grpc"), counted + 1)
+    assert counted + 1 <= more < counted + 10
+    assert "not sent" not in server.log()

@@ -103,6 +103,22 @@ def test_a_reply_larger_than_the_window_waits_for_window_updates():
     assert s.take() == [(h2.CLOSED, 1, 0)]
 
 
+def test_a_reply_the_window_lets_out_at_once_comes_out_whole_from_one_send():
+    """send() gathers every frame libnghttp2 has ready (a 16 kB DATA frame at a time) into one bytes,
+    growing it by doubling: the body comes out whole and in order, across many of those growths."""
+    s = session()
+    wide = struct.pack(">HI", 4, 0x7FFFFFFF)  # the client's windows opened all the way
+    s.recv(PREFACE + frame(SETTINGS, 0, 0, wide) + frame(8, 0, 0, struct.pack(">I", 0x7FFFFFFF - 65535))
+           + frame(HEADERS, END_HEADERS | END_STREAM, 1, header_block(CALL)))
+    s.send()
+    reply = bytes(range(251)) * (12 << 10) + b"tail"  # 3 MiB and a bit, not a multiple of a frame
+    assert s.respond(1, OK_HEADERS, reply, OK_TRAILERS) == 0
+    out = frames(s.send())
+    assert b"".join(p for kind, _, _, p in out if kind == DATA) == reply
+    assert out[-1][0] == HEADERS and out[-1][1] & END_STREAM  # the trailers, in the same send()
+    assert s.send() == b"" and s.take() == [(h2.CLOSED, 1, 0)]
+
+
 def test_oversized_headers_are_counted_but_not_kept():
     s = session()
     big = [(b"x-padding", b"p" * 20_000)]
