@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inline_max_series", type=int, default=32,
                         help="REST batches of at most this many series are predicted on the event loop "
                              "instead of the forecast thread (0: never)")
+    parser.add_argument("--max_requests_held", type=non_negative_int,
+                        default=env_flag("PERF_PREDICTOR_MAX_REQUESTS_HELD", "64"),
+                        help="inference requests one process holds at once (read, queued, predicted); past it a "
+                             "request is refused at once with REST 503 + Retry-After or gRPC UNAVAILABLE; 0: no "
+                             "bound (env PERF_PREDICTOR_MAX_REQUESTS_HELD)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
     parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "native"),
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
     model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
-                          args.inline_max_series)
+                          args.inline_max_series, args.max_requests_held)
     try:
         model.load()
     except ModelLoadError as exc:

@@ -28,6 +28,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
 from . import codec, metrics, timeseries
+from .admission import OVERLOAD, RETRY_AFTER_S, Admission
 from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
 from .model import PerfPredictor, served
@@ -57,30 +58,48 @@ async def reply_error(send, state: dict, status: int, message: str, reason: Opti
     await reply(send, status, orjson.dumps({"error": message}))
 
 
+async def reply_overloaded(send, state: dict, admission: Admission) -> None:
+    """503 with Retry-After: the process holds as many requests as it may (admission.py)."""
+    state.update(status=503, reason=OVERLOAD)
+    await reply(send, 503, orjson.dumps({"error": admission.message()}),
+                extra_headers=((b"retry-after", str(RETRY_AFTER_S).encode()),))
+
+
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
     with metrics.tracked(model.name, "rest", "v2_infer") as state:
+        if model.admission.full():  # refused before its body is read: it costs next to nothing
+            return await reply_overloaded(send, state, model.admission)
         body = await read_body(receive)
-        json_length = None
-        for key, value in scope["headers"]:
-            if key == BINARY_HEADER:
-                try:
-                    json_length = int(value)
-                except ValueError:
-                    return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
-                                             "malformed_body")
+        if not model.admission.enter():
+            return await reply_overloaded(send, state, model.admission)
         try:
-            history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
-            with metrics.predict_seconds(model.name).time():
-                forecasts = await model.forecast(history, "rest", inline=True)
-            body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
-                                                           forecasts)
-        except InvalidInput as exc:
-            return await reply_error(send, state, 400, str(exc), reason_of(exc))
-        except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
-            logger.exception("inference failed")
-            return await reply_error(send, state, 500, internal_error(exc))
-        state["status"] = 200
-        await reply(send, 200, body, reply_json_length)
+            await answer_v2(model, scope, send, state, body)
+        finally:
+            model.admission.leave()
+
+
+async def answer_v2(model: PerfPredictor, scope, send, state: dict, body: bytes) -> None:
+    json_length = None
+    for key, value in scope["headers"]:
+        if key == BINARY_HEADER:
+            try:
+                json_length = int(value)
+            except ValueError:
+                return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
+                                         "malformed_body")
+    try:
+        history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
+        with metrics.predict_seconds(model.name).time():
+            forecasts = await model.forecast(history, "rest", inline=True)
+        body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
+                                                       forecasts)
+    except InvalidInput as exc:
+        return await reply_error(send, state, 400, str(exc), reason_of(exc))
+    except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
+        logger.exception("inference failed")
+        return await reply_error(send, state, 500, internal_error(exc))
+    state["status"] = 200
+    await reply(send, 200, body, reply_json_length)
 
 
 def answer_v2_infer_first(app, registry: ModelRepository) -> None:
