@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference requests one process holds at once (read, queued, predicted); past it a "
                              "request is refused at once with REST 503 + Retry-After or gRPC UNAVAILABLE; 0: no "
                              "bound (env PERF_PREDICTOR_MAX_REQUESTS_HELD)")
+    parser.add_argument("--header_timeout", type=float, default=10.0,
+                        help="seconds a REST connection may take to send a request's headers (from opening, or "
+                             "from the request's first byte); then 408 and closed")
+    parser.add_argument("--body_timeout", type=float, default=60.0,
+                        help="seconds a REST request's body may take to arrive after its headers; then 408 and closed")
+    parser.add_argument("--max_connections", type=non_negative_int, default=None,
+                        help="open REST connections per process; past it the one waiting longest for a request is "
+                             "closed, or the new one's request gets 503 (default: 4096, or a quarter of the "
+                             "file-descriptor limit if less)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
     parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "native"),
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecaster.artifact import ModelLoadError
 
-    from . import grpc_infer, grpc_server, logs, rest, workers
+    from . import connections, grpc_infer, grpc_server, logs, rest, workers
     from .model import PerfPredictor
 
     log = logging.getLogger("perf_predictor")
@@ -135,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     grpc_server.UNAVAILABLE_BECAUSE)
         native = False
     model_server.RESTServer = rest.RESTServer
+    connections.limits = connections.Limits(args.header_timeout, args.body_timeout,
+                                            args.max_connections or connections.default_max_connections())
     grpc_in_workers = args.enable_grpc and args.workers > 1
     if args.enable_grpc and native:
         try:  # bound here, so a taken port fails start-up clearly; workers bind their own (SO_REUSEPORT)

@@ -27,7 +27,7 @@ from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import codec, metrics, timeseries
+from . import codec, connections, metrics, timeseries
 from .admission import OVERLOAD, RETRY_AFTER_S, Admission
 from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
@@ -37,6 +37,8 @@ logger = logging.getLogger("perf_predictor")
 JSON_TYPE = b"application/json"
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
 INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
+# readiness, which turns false on SIGTERM while the server drains (liveness stays true)
+READINESS_PATH = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$|^/v1/models/[^/:]+$")
 
 # The request being answered by KServe's routes, for the 4xx reason its exception handler finds.
 request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request", default=None)
@@ -44,6 +46,10 @@ request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request",
 
 class RESTServer(kserve_rest.RESTServer):
     """KServe's REST server with this module's additions, for our models in KServe's registry."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        connections.install(self.config, connections.limits or connections.Limits())
 
     def create_application(self) -> None:
         super().create_application()
@@ -109,6 +115,8 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
 
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):
+            if connections.draining and scope["type"] == "http" and READINESS_PATH.match(scope["path"]):
+                return await reply(send, 503, orjson.dumps({"error": "not ready: the server is shutting down"}))
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:
