@@ -57,8 +57,11 @@ def start_draining(connections) -> None:
     global draining
     draining = True
     for connection in list(connections):
-        if getattr(connection, "cycle", None) is not None and not connection.cycle.response_complete:
-            connection.cycle.keep_alive = False
+        cycle = getattr(connection, "cycle", None)
+        # a reply whose headers went out without it keeps its connection open: closing it after would
+        # reset the client's next request, which is told on its own reply instead
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = False
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
