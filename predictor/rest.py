@@ -164,9 +164,13 @@ class MetricsMiddleware:
         if not match:
             return await self.app(scope, receive, send)
         name = match.group("v2") or match.group("v1")
-        model = name if served(self.registry, name) is not None else "unknown"  # no label per made-up path
+        ours = served(self.registry, name)
+        model = name if ours is not None else "unknown"  # no label per made-up path
         endpoint = "v2_infer" if match.group("v2") else "v1_predict"
         with metrics.tracked(model, "rest", endpoint) as state:
+            admission = ours.admission if ours is not None else None
+            if admission is not None and not admission.enter():  # held from here, its body read by KServe
+                return await reply_overloaded(send, state, admission)
             token = request_state.set(state)
 
             async def capture_status(message):
@@ -178,6 +182,8 @@ class MetricsMiddleware:
                 await self.app(scope, receive, capture_status)
             finally:
                 request_state.reset(token)
+                if admission is not None:
+                    admission.leave()
 
 
 def note_rejection(reason: Optional[str]) -> None:

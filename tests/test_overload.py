@@ -14,6 +14,7 @@ from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
 from .test_grpc_front import infer
 from .test_metrics import scrape, value, wait_for_count
 from .test_serving import card, histories, post_raw, window  # noqa: F401 (fixtures)
+from .test_timeseries_api import forecast_request
 
 
 def v2_body(window: int) -> bytes:
@@ -48,6 +49,15 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         assert "at capacity (1 requests in progress" in json.loads(reply)["error"]
         assert refused_in < 0.5, f"refused after {refused_in:.3f}s: it waited for the held request"
 
+        # KServe's routes (v1, versioned v2) and the time-series API hold places too
+        data = histories(1, window)
+        for path, other in ((f"/v1/models/{MODEL_NAME}:predict", json.dumps({"instances": data.tolist()}).encode()),
+                            (f"/v2/models/{MODEL_NAME}/versions/1/infer", body),
+                            ("/v1/timeseries/forecast", forecast_request(data, 1).model_dump_json().encode())):
+            status, reply_headers, reply = post_raw(srv, other, headers, path)
+            assert (status, reply_headers.get("retry-after")) == (503, "1"), (path, reply)
+            assert "at capacity" in reply.decode(), path
+
         with pytest.raises(InferenceServerException) as refused:
             infer(srv, histories(1, window))
         assert refused.value.status() == "StatusCode.UNAVAILABLE"
@@ -63,10 +73,10 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
                                                  status_class="2xx"), 3)
         assert successes == 3
         after = scrape(srv)
-        for protocol in ("rest", "grpc"):
+        for protocol, expected in (("rest", 3), ("timeseries", 1), ("grpc", 1)):
             refused_count = [value(s, "perf_predictor_rejected_total", protocol=protocol, reason="overload")
                              for s in (before, after)]
-            assert refused_count[1] - refused_count[0] == 1, protocol
+            assert refused_count[1] - refused_count[0] == expected, protocol
         # not server errors: load alone must not fire PerfPredictorHighErrorRatio
         assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
             value(before, "perf_predictor_requests_total", status_class="5xx")

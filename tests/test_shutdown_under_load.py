@@ -9,7 +9,6 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
