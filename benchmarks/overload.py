@@ -4,87 +4,57 @@ process with its default bound (--max_requests_held 64, predictor/admission.py).
     .venv/bin/python benchmarks/overload.py                  # ~1.5 minutes
     .venv/bin/python benchmarks/overload.py --factor 4 --seconds 20 --series 16 --server_flags="--max_requests_held 64"
 
-Phases, one server, one run:
+Load from h2load (HTTP/1.1 keep-alive, per-request log). Phases, one server, one run:
 1. light: 1 closed-loop client (the latency of a server with nothing else to do);
 2. capacity: as many closed-loop clients as the bound (in flight never passes it, so nothing is refused):
    its throughput is the capacity, its latency the latency at capacity;
-3. overload: an open loop at --factor x capacity (requests sent on schedule, whatever the replies), over
-   up to --connections keep-alive connections. Accepted requests' p99 is compared with phases 1 and 2;
+3. overload: --factor x capacity offered by --connections keep-alive connections, each at its share of
+   the rate (h2load --rps; a connection waits for its reply before its next request). Accepted requests' p99 is compared with phases 1 and 2;
    refused ones (503) must come back in under 5 ms; RSS of the server is sampled throughout.
 The server must still be ready afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 
 
-async def open_loop(outcomes: loadgen.Outcomes, rate: float, seconds: float, port: int, request: bytes,
-                    max_connections: int) -> int:
-    """Sends `rate` requests a second for `seconds`, each on an idle connection (a new one while fewer
-    than `max_connections` are open); the number not sent because all were busy."""
-    idle: list[loadgen.RestConnection] = []
-    opened, sent, not_sent = 0, 0, 0
-    pending: set[asyncio.Task] = set()
-
-    async def one(conn: loadgen.RestConnection) -> None:
-        status, _ = await loadgen.timed(outcomes, "rest", lambda: conn.call(request))
-        if status == 0:
-            conn.close()
-        idle.append(conn)
-
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < seconds:
-        for _ in range(int(elapsed * rate) - sent):
-            sent += 1
-            if idle:
-                conn = idle.pop()
-            elif opened < max_connections:
-                conn, opened = loadgen.RestConnection(port), opened + 1
-            else:
-                not_sent += 1
-                continue
-            task = asyncio.get_running_loop().create_task(one(conn))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.sleep(0.001)
-    await asyncio.gather(*pending)
-    for conn in idle:
-        conn.close()
-    return not_sent
+def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: int, seconds: float,
+           rps_per_client: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """HTTP/1.1 keep-alive load from h2load (C, so the load generator does not take the server's core):
+    `clients` connections, one request in flight each, sent back to back or `rps_per_client` a second
+    each. (status, seconds) of every request, from h2load's per-request log."""
+    log = work / f"{name}.tsv"
+    log.unlink(missing_ok=True)  # h2load appends
+    cmd = ["h2load", "--h1", "-c", str(clients), "-m", "1", "-t", "1", "-D", f"{seconds:g}", "-d", str(body),
+           "-H", "content-type: application/json", "--log-file", str(log),
+           f"http://127.0.0.1:{server.http_port}/v2/models/{loadgen.MODEL_NAME}/infer"]
+    if rps_per_client:
+        cmd[cmd.index("-D"):cmd.index("-D")] = ["--rps", f"{rps_per_client:g}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if run.returncode != 0 or not log.exists():
+        raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
+    return rows[:, 1], rows[:, 2] / 1e6
 
 
-async def sample_rss(pids: list[int], done: asyncio.Event, samples: list) -> None:
+def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
     while not done.is_set():
         samples.append(sum(loadgen.rss_bytes(pids).values()))
-        await asyncio.sleep(0.5)
-
-
-def closed(server: loadgen.Server, clients: int, seconds: float, window: int, series: int) -> loadgen.Outcomes:
-    outcomes = loadgen.Outcomes()
-    asyncio.run(loadgen.closed_loop(outcomes, time.monotonic() + seconds, clients, 0, server.http_port, 0, window,
-                                    series))
-    return outcomes
-
-
-async def overload_phase(server, rate, seconds, window, series, max_connections):
-    outcomes, samples, done = loadgen.Outcomes(), [], asyncio.Event()
-    sampler = asyncio.get_running_loop().create_task(sample_rss(server.pids(), done, samples))
-    not_sent = await open_loop(outcomes, rate, seconds, server.http_port, loadgen.rest_request(window, series),
-                               max_connections)
-    done.set()
-    await sampler
-    return outcomes, samples, not_sent
+        time.sleep(0.5)
 
 
 def main() -> int:
@@ -93,31 +63,39 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="length of the capacity and overload phases")
     parser.add_argument("--series", type=int, default=16, help="series per request")
     parser.add_argument("--bound", type=int, default=64, help="the server's --max_requests_held (its default)")
-    parser.add_argument("--connections", type=int, default=512, help="most connections the open loop opens")
+    parser.add_argument("--connections", type=int, default=256,
+                        help="connections of the overload phase, each sending at its share of the offered rate")
     parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
     parser.add_argument("--model_dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    if shutil.which("h2load") is None:
+        raise SystemExit("needs h2load (Debian nghttp2-client)")
     work = Path(tempfile.mkdtemp(prefix="perf-predictor-overload-"))
     model_dir = loadgen.ensure_model(args.model_dir, work)
-    window = loadgen.window_of(model_dir)
+    body = work / "request.json"
+    body.write_bytes(loadgen.rest_request(loadgen.window_of(model_dir), args.series).split(b"\r\n\r\n", 1)[1])
     server = loadgen.Server.start(model_dir, work / "server.log", "--max_requests_held", str(args.bound),
                                   *shlex.split(args.server_flags))
     try:
         server.wait_ready()
         load_before = loadgen.load_average()
-        closed(server, 4, 3, window, args.series)  # warm-up
+        h2load(server, body, work, "warm-up", 4, 3)
         rss_before = sum(loadgen.rss_bytes(server.pids()).values())
-        light = closed(server, 1, min(10.0, args.seconds), window, args.series)
-        at_capacity = closed(server, args.bound, args.seconds, window, args.series)
-        _, light_s, light_status, _ = light.arrays()
-        _, cap_s, cap_status, _ = at_capacity.arrays()
+        light_status, light_s = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
+        cap_status, cap_s = h2load(server, body, work, "capacity", args.bound, args.seconds)
         capacity = len(cap_s) / args.seconds
         offered = args.factor * capacity
-        outcomes, rss, not_sent = asyncio.run(overload_phase(server, offered, args.seconds, window, args.series,
-                                                             args.connections))
-        _, seconds, status, _ = outcomes.arrays()
+        rss, done = [], threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
+        sampler.start()
+        try:
+            status, seconds = h2load(server, body, work, "overload", args.connections, args.seconds,
+                                     offered / args.connections)
+        finally:
+            done.set()
+            sampler.join()
         still_ready = True
         try:
             server.wait_ready(timeout=10)
@@ -137,13 +115,13 @@ def main() -> int:
         "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
                      "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
         "overload": {
-            "offered_rps": round(offered, 1), "sent": len(status), "not_sent_all_connections_busy": not_sent,
+            "offered_rps": round(offered, 1), "connections": args.connections, "sent": len(status),
             "accepted": len(accepted), "accepted_rps": round(len(accepted) / args.seconds, 1),
             "accepted_p50_ms": loadgen.percentile_ms(accepted, 50), "accepted_p99_ms": p99_accepted,
             "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
             "refused_p99_ms": loadgen.percentile_ms(refused, 99),
             "refused_max_ms": round(float(refused.max()) * 1000, 2) if len(refused) else None,
-            "other_outcomes": other, "first_errors": outcomes.errors[:5],
+            "other_outcomes": other,
         },
         "accepted_p99_over_capacity_p99": round(p99_accepted / p99_cap, 2),
         "accepted_p99_over_light_p99": round(p99_accepted / p99_light, 2),
