@@ -1,4 +1,4 @@
-"""The short soak (benchmarks/soak.py, 60 s; the 10-minute run's figures are in benchmarks/README.md):
+"""The short soak (benchmarks/soak.py for 60 s; run it without flags for the full 10 minutes):
 --workers 2 under REST and gRPC load at concurrency 64 answers every request, and no process's RSS
 grows 10% after the warm-up."""
 from __future__ import annotations
