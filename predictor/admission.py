@@ -3,9 +3,9 @@ refused at once (REST 503 `{"error": ...}` with Retry-After, gRPC UNAVAILABLE) i
 
 A request is held from when its body has been read (REST) or its message has arrived (gRPC) until its
 reply: it is decoded, queued for the micro-batcher, predicted and encoded meanwhile. REST looks before
-reading the body as well, so a refusal costs no body. A held request waits behind at most `limit - 1`
-others, so with the process at capacity an accepted request takes about `limit / capacity` seconds:
-the bound keeps that near what the clients it was sized for see, whatever the offered load.
+reading the body as well, so a refused body is never decoded (uvicorn still reads it off the
+connection). A held request waits behind at most `limit - 1` others: an accepted request takes about
+`limit / throughput` seconds, and memory stays bounded however much is offered.
 
 Refusals are counted in `perf_predictor_rejected_total{reason="overload"}`, not as 5xx requests: load
 alone must not fire the error-ratio alert (benchmarks/overload.py measures the bound).
