@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inline_max_series", type=int, default=32,
                         help="REST batches of at most this many series are predicted on the event loop "
                              "instead of the forecast thread (0: never)")
+    parser.add_argument("--max_requests_held", type=non_negative_int,
+                        default=env_flag("PERF_PREDICTOR_MAX_REQUESTS_HELD", "64"),
+                        help="inference requests one process holds at once (read, queued, predicted); past it a "
+                             "request is refused at once with REST 503 + Retry-After or gRPC UNAVAILABLE; 0: no "
+                             "bound (env PERF_PREDICTOR_MAX_REQUESTS_HELD)")
+    parser.add_argument("--header_timeout", type=float, default=10.0,
+                        help="seconds a REST connection may take to send a request's headers (from opening, or "
+                             "from the request's first byte); then 408 and closed")
+    parser.add_argument("--body_timeout", type=float, default=60.0,
+                        help="seconds a REST request's body may take to arrive after its headers; then 408 and closed")
+    parser.add_argument("--max_connections", type=non_negative_int, default=None,
+                        help="open REST connections per process; past it the one waiting longest for a request is "
+                             "closed, or the new one's request gets 503 (default: 4096, or a quarter of the "
+                             "file-descriptor limit if less)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
     parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "native"),
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from forecaster import digest
     from forecaster.artifact import ModelLoadError
 
-    from . import auth, grpc_infer, grpc_server, logs, rest, workers
+    from . import auth, connections, grpc_infer, grpc_server, logs, rest, workers
     from .model import PerfPredictor
 
     log = logging.getLogger("perf_predictor")
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
     model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
-                          args.inline_max_series)
+                          args.inline_max_series, args.max_requests_held)
     try:
         model.load()
     except ModelLoadError as exc:
@@ -162,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                     grpc_server.UNAVAILABLE_BECAUSE)
         native = False
     model_server.RESTServer = rest.RESTServer
+    connections.limits = connections.Limits(args.header_timeout, args.body_timeout,
+                                            args.max_connections or connections.default_max_connections())
     grpc_in_workers = args.enable_grpc and args.workers > 1
     if args.enable_grpc and native:
         try:  # bound here, so a taken port fails start-up clearly; workers bind their own (SO_REUSEPORT)

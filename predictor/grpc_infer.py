@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Optional
 from urllib.parse import quote
 
 from google.protobuf.message import DecodeError
+from grpc_interceptor import exceptions as grpc_exceptions
 from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
@@ -24,6 +25,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2 import (ModelInferRequest, ModelIn
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from . import auth, codec, metrics
+from .admission import OVERLOAD, Admission
 from .batching import Pending, until_done
 from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error, reason_of)
@@ -108,10 +110,10 @@ def parse(body: bytes, encoding: Optional[bytes], limit: int) -> ModelInferReque
         raise CallError(INVALID_ARGUMENT, f"the message is not a ModelInferRequest: {exc}") from None
 
 
-def rejected(model: str, status: int, message: str, started: float) -> Reply:
+def rejected(model: str, status: int, message: str, started: float, reason: Optional[str] = None) -> Reply:
     """A call refused before the model saw it, counted as REST counts its rejections (a model it does
     not know as "unknown")."""
-    metrics.record(model, "grpc", "v2_infer", HTTP_STATUS_OF_GRPC[status], None, time.perf_counter() - started)
+    metrics.record(model, "grpc", "v2_infer", HTTP_STATUS_OF_GRPC[status], reason, time.perf_counter() - started)
     return Reply(status, message)
 
 
@@ -139,37 +141,44 @@ class Call:
     """One ModelInfer given to the model: its reply goes to `reply` (once) as soon as it is ready, and
     only then is the call counted."""
 
-    __slots__ = ("reply", "request", "entry")
+    __slots__ = ("reply", "request", "entry", "admission")
 
     def __init__(self, model: PerfPredictor, reply: Callable[[Reply], None]):
         self.reply = reply
         self.request = metrics.InFlight(model.name, "grpc", "v2_infer")
         self.entry: Optional[Pending] = None  # in the model's micro-batch queue
+        self.admission: Optional[Admission] = model.admission  # the place it holds, until counted
+
+    def counted(self, status: int, reason: Optional[str] = None) -> None:
+        if self.admission is not None:
+            self.admission.leave()
+            self.admission = None
+        self.request.done(status, reason)
 
     def predicted(self, message: Optional[bytes], exc: Optional[BaseException]) -> None:
         self.entry = None  # it held this call: a cycle the garbage collector would otherwise have to find
         if exc is None and len(message) > (send_limit := max_message_bytes("send")):
             # as grpcio's server refuses to send it; counted as a client error, reason too_large
             self.reply(Reply(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(message)} vs. {send_limit})"))
-            self.request.done(413)
+            self.counted(413)
         elif exc is None:
             self.reply(Reply(0, "", framed(message)))
-            self.request.done(200)
+            self.counted(200)
         elif isinstance(exc, InvalidInput):
             logger.info("rejected request: %s", exc)
             self.reply(Reply(INVALID_ARGUMENT, str(exc)))
-            self.request.done(400, reason_of(exc))
+            self.counted(400, reason_of(exc))
         else:  # a bug of ours: the client still gets a status
             logger.error("gRPC call failed", exc_info=exc)
             self.reply(Reply(INTERNAL, internal_error(exc)))
-            self.request.done(500)
+            self.counted(500)
 
     def cancel(self) -> None:
         """The client reset the call, or its grpc-timeout passed: no reply, and no predict if not begun."""
         if self.entry is not None:
             self.entry.cancel()
             self.entry = None
-        self.request.done(499, "cancelled")
+        self.counted(499, "cancelled")
 
 
 def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], started: float,
@@ -187,6 +196,8 @@ def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], sta
         return reply(rejected("unknown", NOT_FOUND, f"Model with name {request.model_name} does not exist.", started))
     if not model.ready:
         return reply(rejected(model.name, UNAVAILABLE, f"Model with name {request.model_name} is not ready.", started))
+    if not model.admission.enter():
+        return reply(rejected(model.name, UNAVAILABLE, model.admission.message(), started, OVERLOAD))
     call = Call(model, reply)
     try:
         call.entry = submit(model, request, True, call.predicted)
@@ -206,12 +217,17 @@ class ForecastServicer(InferenceServicer):
         if model is None or not model.ready:
             return await super().ModelInfer(request, context)
         with metrics.tracked(model.name, "grpc", "v2_infer") as state:
+            if not model.admission.enter():
+                state.update(status=503, reason=OVERLOAD)
+                raise grpc_exceptions.Unavailable(model.admission.message())  # KServe's interceptor: UNAVAILABLE
             try:
                 # grpcio hands calls to the loop one at a time: never inline (batching.py)
                 message = await until_done(lambda done: submit(model, request, False, done))
             except InvalidInput as exc:
                 state.update(status=400, reason=reason_of(exc))
                 raise
+            finally:
+                model.admission.leave()
             state["status"] = 200
             return ModelInferResponse.FromString(message)
 

@@ -28,7 +28,7 @@ from kserve import errors
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from . import auth, grpc_infer
+from . import auth, connections, grpc_infer
 from .contract import (DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error)
 from .grpc_infer import INFER_PATH, CallError, Reply
@@ -571,5 +571,9 @@ def drain_on_shutdown(server: NativeGRPCServer) -> None:
 
     handle_exit, stop = uvicorn.Server.handle_exit, ModelServer.stop
     drain_first = DrainFirst(server)
-    uvicorn.Server.handle_exit = lambda self, sig, frame: drain_first(handle_exit, self, sig, frame)
+    def uvicorn_exit(self, sig, frame) -> None:
+        connections.start_draining(self.server_state.connections)  # REST replies say Connection: close
+        drain_first(handle_exit, self, sig, frame)
+
+    uvicorn.Server.handle_exit = uvicorn_exit
     ModelServer.stop = lambda self, sig: drain_first(stop, self, sig)

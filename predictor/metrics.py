@@ -20,6 +20,7 @@ from kserve.metrics import PREDICT_HIST_TIME, get_labels
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from .admission import OVERLOAD
 from .contract import REASON_OF_HTTP_STATUS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -42,6 +43,9 @@ CLIENT_ERRORS = Counter("perf_predictor_client_errors", "Rejected inference requ
                         ["model", "protocol", "reason"])
 AUTH_FAILURES = Counter("perf_predictor_auth_failures", "Calls refused for want of a valid bearer token, by "
                         "reason: missing, malformed or invalid.", ["protocol", "reason"])
+REJECTED = Counter("perf_predictor_rejected", "Inference requests refused before any work because the process "
+                   "held as many as it may (reason overload); not counted in perf_predictor_requests_total.",
+                   ["model", "protocol", "reason"])
 LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify, load and compile the model.",
                      ["model"], multiprocess_mode="max")
 MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",
@@ -108,6 +112,9 @@ def predict_seconds(model: str):
 
 
 def record(model: str, protocol: str, endpoint: str, status: int, reason: Optional[str], seconds: float) -> None:
+    if reason == OVERLOAD:  # load alone must not count as server errors in the error-ratio alert
+        REJECTED.labels(model, protocol, reason).inc()
+        return
     REQUESTS.labels(model, protocol, endpoint, status_class(status)).inc()
     DURATION.labels(model, protocol, endpoint).observe(seconds)
     if 400 <= status < 500:

@@ -14,6 +14,7 @@ from forecaster import artifact
 from forecaster.model import QuantileForecaster
 
 from . import codec, jit_cache, metrics
+from .admission import Admission
 from .batching import Done, MicroBatcher, Pending, until_done
 from .contract import INPUT_NAME, OUTPUT_DATATYPE, HistoryLength
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("perf_predictor")
 
 class PerfPredictor(Model):
     def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096,
-                 predict_threads: int = 1, inline_max_series: int = 0):
+                 predict_threads: int = 1, inline_max_series: int = 0, max_requests_held: int = 0):
         super().__init__(name)
         self.model_dir = model_dir
         self.predict_threads = predict_threads
@@ -33,10 +34,11 @@ class PerfPredictor(Model):
         self.card: dict = {}
         self.history_length: Optional[HistoryLength] = None
         self._batcher: Optional[MicroBatcher] = None
+        self.admission = Admission(max_requests_held)  # per process: the overload bound (admission.py)
 
     def __getstate__(self) -> dict:
         # --workers > 1 pickles the loaded model into each worker process; threads do not travel.
-        return {**self.__dict__, "_batcher": None}
+        return {**self.__dict__, "_batcher": None, "admission": Admission(self.admission.limit)}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

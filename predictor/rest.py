@@ -29,7 +29,8 @@ from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import auth, codec, metrics, timeseries
+from . import auth, codec, connections, metrics, timeseries
+from .admission import OVERLOAD, RETRY_AFTER_S, Admission
 from .asgi import BINARY_HEADER, read_body, reply
 from .contract import internal_error, reason_of
 from .model import PerfPredictor, served
@@ -38,6 +39,8 @@ logger = logging.getLogger("perf_predictor")
 JSON_TYPE = b"application/json"
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
 INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
+# readiness, which turns false on SIGTERM while the server drains (liveness stays true)
+READINESS_PATH = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$|^/v1/models/[^/:]+$")
 
 # The request being answered by KServe's routes, for the 4xx reason its exception handler finds.
 request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request", default=None)
@@ -45,6 +48,10 @@ request_state: ContextVar[Optional[dict]] = ContextVar("perf_predictor_request",
 
 class RESTServer(kserve_rest.RESTServer):
     """KServe's REST server with this module's additions, for our models in KServe's registry."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        connections.install(self.config, connections.limits or connections.Limits())
 
     def create_application(self) -> None:
         super().create_application()
@@ -59,30 +66,48 @@ async def reply_error(send, state: dict, status: int, message: str, reason: Opti
     await reply(send, status, orjson.dumps({"error": message}))
 
 
+async def reply_overloaded(send, state: dict, admission: Admission) -> None:
+    """503 with Retry-After: the process holds as many requests as it may (admission.py)."""
+    state.update(status=503, reason=OVERLOAD)
+    await reply(send, 503, orjson.dumps({"error": admission.message()}),
+                extra_headers=((b"retry-after", str(RETRY_AFTER_S).encode()),))
+
+
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
     with metrics.tracked(model.name, "rest", "v2_infer") as state:
+        if model.admission.full():  # refused before its body is read: it costs next to nothing
+            return await reply_overloaded(send, state, model.admission)
         body = await read_body(receive)
-        json_length = None
-        for key, value in scope["headers"]:
-            if key == BINARY_HEADER:
-                try:
-                    json_length = int(value)
-                except ValueError:
-                    return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
-                                             "malformed_body")
+        if not model.admission.enter():
+            return await reply_overloaded(send, state, model.admission)
         try:
-            history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
-            with metrics.predict_seconds(model.name).time():
-                forecasts = await model.forecast(history, "rest", inline=True)
-            body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
-                                                           forecasts)
-        except InvalidInput as exc:
-            return await reply_error(send, state, 400, str(exc), reason_of(exc))
-        except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
-            logger.exception("inference failed")
-            return await reply_error(send, state, 500, internal_error(exc))
-        state["status"] = 200
-        await reply(send, 200, body, reply_json_length)
+            await answer_v2(model, scope, send, state, body)
+        finally:
+            model.admission.leave()
+
+
+async def answer_v2(model: PerfPredictor, scope, send, state: dict, body: bytes) -> None:
+    json_length = None
+    for key, value in scope["headers"]:
+        if key == BINARY_HEADER:
+            try:
+                json_length = int(value)
+            except ValueError:
+                return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
+                                         "malformed_body")
+    try:
+        history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
+        with metrics.predict_seconds(model.name).time():
+            forecasts = await model.forecast(history, "rest", inline=True)
+        body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
+                                                       forecasts)
+    except InvalidInput as exc:
+        return await reply_error(send, state, 400, str(exc), reason_of(exc))
+    except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
+        logger.exception("inference failed")
+        return await reply_error(send, state, 500, internal_error(exc))
+    state["status"] = 200
+    await reply(send, 200, body, reply_json_length)
 
 
 def answer_v2_infer_first(app, registry: ModelRepository) -> None:
@@ -95,6 +120,8 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
         async def __call__(self, scope, receive, send):
             if scope["type"] == "http" and (refusal := gate.rest_refusal(scope)) is not None:
                 return await reply(send, refusal[0], refusal[1], extra_headers=refusal[2])
+            if connections.draining and scope["type"] == "http" and READINESS_PATH.match(scope["path"]):
+                return await reply(send, 503, orjson.dumps({"error": "not ready: the server is shutting down"}))
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:
@@ -142,9 +169,13 @@ class MetricsMiddleware:
         if not match:
             return await self.app(scope, receive, send)
         name = match.group("v2") or match.group("v1")
-        model = name if served(self.registry, name) is not None else "unknown"  # no label per made-up path
+        ours = served(self.registry, name)
+        model = name if ours is not None else "unknown"  # no label per made-up path
         endpoint = "v2_infer" if match.group("v2") else "v1_predict"
         with metrics.tracked(model, "rest", endpoint) as state:
+            admission = ours.admission if ours is not None else None
+            if admission is not None and not admission.enter():  # held from here, its body read by KServe
+                return await reply_overloaded(send, state, admission)
             token = request_state.set(state)
 
             async def capture_status(message):
@@ -156,6 +187,8 @@ class MetricsMiddleware:
                 await self.app(scope, receive, capture_status)
             finally:
                 request_state.reset(token)
+                if admission is not None:
+                    admission.leave()
 
 
 def note_rejection(reason: Optional[str]) -> None:

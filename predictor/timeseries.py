@@ -45,6 +45,7 @@ from kserve.protocol.rest.timeseries.types import (
 )
 
 from . import metrics
+from .admission import OVERLOAD, RETRY_AFTER_S
 from .asgi import read_body, reply
 from .contract import HistoryLength, RequestError, check_rows, internal_error
 from .model import PerfPredictor, served
@@ -332,9 +333,15 @@ async def serve_forecast(registry: ModelRepository, receive, send) -> None:
                                                        f"server serves {names}", "model", 404)
             if not model.ready:
                 raise ForecastError("model_not_ready", f"Model with name {model.name} is not ready", "model", 503)
-            response = await forecast(request, model)
+            if not model.admission.enter():
+                raise ForecastError(OVERLOAD, model.admission.message(), status=503)
+            try:
+                response = await forecast(request, model)
+            finally:
+                model.admission.leave()
         except ForecastError as exc:
-            return await refuse(send, exc, state)
+            retry = ((b"retry-after", str(RETRY_AFTER_S).encode()),) if exc.type == OVERLOAD else ()
+            return await refuse(send, exc, state, extra_headers=retry)
         except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
             logger.exception("time-series forecast failed")
             return await reply(send, 500, ForecastError("internal_error", internal_error(exc),

@@ -19,7 +19,7 @@ from typing import Optional
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.multiprocess import server as multiprocess_server
 
-from . import rest
+from . import connections, rest
 
 logger = logging.getLogger("perf_predictor")
 
@@ -70,6 +70,7 @@ def _with_grpc(server_class: type, grpc_server, max_threads: int) -> type:
             if drain_first is None:
                 server_class.handle_exit(self, sig, frame)
             else:
+                connections.start_draining(self.server_state.connections)  # REST replies say Connection: close
                 drain_first(server_class.handle_exit, self, sig, frame)
 
         async def serve(self, sockets=None) -> None:

@@ -91,19 +91,23 @@ def test_encode_grpc_writes_the_bytes_protobuf_would():
 REPLY_FIRST_CHECK = """
 from prometheus_client import REGISTRY
 from predictor import grpc_infer
+from predictor.admission import Admission
 
 class Model:
     name = "m"
+    admission = Admission(1)
 
 def counted(status_class="2xx"):
     labels = {"model": "m", "protocol": "grpc", "endpoint": "v2_infer", "status_class": status_class}
     return REGISTRY.get_sample_value("perf_predictor_requests_total", labels) or 0.0
 
 seen = []
+assert Model.admission.enter()  # as grpc_infer.start takes the call's place
 call = grpc_infer.Call(Model(), lambda reply: seen.append((reply.status, counted(), reply.body[5:])))
 call.predicted(b"forecast", None)
 call.cancel()  # a reset after the reply went out changes nothing
 assert seen == [(0, 0.0, b"forecast")] and counted() == 1.0 and counted("4xx") == 0.0, (seen, counted())
+assert Model.admission.held == 0  # its place given back once, not again on cancel
 print("reply first")
 """
 

@@ -340,9 +340,8 @@ def test_health_answers_while_a_large_batch_is_forecast(server, window):
     assert answered_during >= 3, f"only {answered_during} health checks answered during the batch"
 
 
-def post_raw(server, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(f"{server.http_url}/v2/models/{MODEL_NAME}/infer", data=body, method="POST",
-                                 headers=headers)
+def post_raw(server, body: bytes, headers: dict, path: str = f"/v2/models/{MODEL_NAME}/infer") -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(server.http_url + path, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()

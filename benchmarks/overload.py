@@ -1,0 +1,140 @@
+"""Overload (issue 21 item 4): REST offered at 4x the capacity measured in the same run, against one
+process with its default bound (--max_requests_held 64, predictor/admission.py).
+
+    .venv/bin/python benchmarks/overload.py                  # ~1.5 minutes
+    .venv/bin/python benchmarks/overload.py --factor 4 --seconds 20 --series 16 --server_flags="--max_requests_held 64"
+
+Load from h2load (HTTP/1.1 keep-alive, per-request log). Phases, one server, one run:
+1. light: 1 closed-loop client (the latency of a server with nothing else to do);
+2. capacity: as many closed-loop clients as the bound (in flight never passes it, so nothing is refused):
+   its throughput is the capacity, its latency the latency at capacity;
+3. overload: --factor x capacity offered by --connections keep-alive connections, each at its share of
+   the rate (h2load --rps; a connection waits for its reply before its next request). Accepted requests' p99 is compared with phases 1 and 2;
+   refused ones (503) must come back in under 5 ms; RSS of the server is sampled throughout.
+The server must still be ready afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402
+
+
+def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: int, seconds: float,
+           rps_per_client: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """HTTP/1.1 keep-alive load from h2load (C, so the load generator does not take the server's core):
+    `clients` connections, one request in flight each, sent back to back or `rps_per_client` a second
+    each. (status, seconds) of every request, from h2load's per-request log."""
+    log = work / f"{name}.tsv"
+    log.unlink(missing_ok=True)  # h2load appends
+    cmd = ["h2load", "--h1", "-c", str(clients), "-m", "1", "-t", "1", "-D", f"{seconds:g}", "-d", str(body),
+           "-H", "content-type: application/json", "--log-file", str(log),
+           f"http://127.0.0.1:{server.http_port}/v2/models/{loadgen.MODEL_NAME}/infer"]
+    if rps_per_client:
+        cmd[cmd.index("-D"):cmd.index("-D")] = ["--rps", f"{rps_per_client:g}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if run.returncode != 0 or not log.exists():
+        raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
+    return rows[:, 1], rows[:, 2] / 1e6
+
+
+def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
+    while not done.is_set():
+        samples.append(sum(loadgen.rss_bytes(pids).values()))
+        time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--factor", type=float, default=4.0, help="offered load, as a multiple of capacity")
+    parser.add_argument("--seconds", type=float, default=20, help="length of the capacity and overload phases")
+    parser.add_argument("--series", type=int, default=16, help="series per request")
+    parser.add_argument("--bound", type=int, default=64, help="the server's --max_requests_held (its default)")
+    parser.add_argument("--connections", type=int, default=256,
+                        help="connections of the overload phase, each sending at its share of the offered rate")
+    parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
+    parser.add_argument("--model_dir", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    if shutil.which("h2load") is None:
+        raise SystemExit("needs h2load (Debian nghttp2-client)")
+    work = Path(tempfile.mkdtemp(prefix="perf-predictor-overload-"))
+    model_dir = loadgen.ensure_model(args.model_dir, work)
+    body = work / "request.json"
+    body.write_bytes(loadgen.rest_request(loadgen.window_of(model_dir), args.series).split(b"\r\n\r\n", 1)[1])
+    server = loadgen.Server.start(model_dir, work / "server.log", "--max_requests_held", str(args.bound),
+                                  *shlex.split(args.server_flags))
+    try:
+        server.wait_ready()
+        load_before = loadgen.load_average()
+        h2load(server, body, work, "warm-up", 4, 3)
+        rss_before = sum(loadgen.rss_bytes(server.pids()).values())
+        light_status, light_s = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
+        cap_status, cap_s = h2load(server, body, work, "capacity", args.bound, args.seconds)
+        capacity = len(cap_s) / args.seconds
+        offered = args.factor * capacity
+        rss, done = [], threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
+        sampler.start()
+        try:
+            status, seconds = h2load(server, body, work, "overload", args.connections, args.seconds,
+                                     offered / args.connections)
+        finally:
+            done.set()
+            sampler.join()
+        still_ready = True
+        try:
+            server.wait_ready(timeout=10)
+        except RuntimeError:
+            still_ready = False
+        load_after = loadgen.load_average()
+    finally:
+        exit_code = server.stop()
+    accepted, refused = seconds[status == 200], seconds[status == 503]
+    other = int(((status != 200) & (status != 503)).sum())
+    p99_light, p99_cap = loadgen.percentile_ms(light_s, 99), loadgen.percentile_ms(cap_s, 99)
+    p99_accepted = loadgen.percentile_ms(accepted, 99)
+    summary = {
+        "series_per_request": args.series, "bound": args.bound, "factor": args.factor,
+        "light": {"requests": len(light_s), "p50_ms": loadgen.percentile_ms(light_s, 50), "p99_ms": p99_light,
+                  "errors": int((light_status != 200).sum())},
+        "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
+                     "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
+        "overload": {
+            "offered_rps": round(offered, 1), "connections": args.connections, "sent": len(status),
+            "accepted": len(accepted), "accepted_rps": round(len(accepted) / args.seconds, 1),
+            "accepted_p50_ms": loadgen.percentile_ms(accepted, 50), "accepted_p99_ms": p99_accepted,
+            "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
+            "refused_p99_ms": loadgen.percentile_ms(refused, 99),
+            "refused_max_ms": round(float(refused.max()) * 1000, 2) if len(refused) else None,
+            "other_outcomes": other,
+        },
+        "accepted_p99_over_capacity_p99": round(p99_accepted / p99_cap, 2),
+        "accepted_p99_over_light_p99": round(p99_accepted / p99_light, 2),
+        "rss_mb": {"before": round(rss_before / 2**20, 1), "peak_under_overload": round(max(rss) / 2**20, 1)},
+        "still_ready": still_ready, "exit_code_on_sigterm": exit_code,
+        "load_average_before": load_before, "load_average_after": load_after,
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

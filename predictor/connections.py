@@ -1,0 +1,181 @@
+"""The REST port's HTTP/1.1 connections: read timeouts, a header size cap, a cap on open connections,
+and `Connection: close` while the process drains on SIGTERM.
+
+uvicorn 0.55's httptools protocol (what KServe runs) closes a connection only when it stays idle
+`--timeout_keep_alive` seconds after a reply. Before the first request, while headers arrive and while a
+body arrives, nothing times out, headers have no size limit, and connections have no cap (its
+`limit_concurrency` answers 503 to every request, health checks too, once that many connections are
+open, idle ones included). So here, per connection:
+- the request headers must arrive within `header_timeout` of the connection opening or of the request's
+  first byte, and be at most MAX_HEADER_BYTES; the body within `body_timeout` of the headers. Past
+  either: 408 (431 for headers too large) `{"error": ...}` and the connection closes;
+- past `max_connections` in this process, a new connection closes the connection that has waited
+  longest for a request (idle, or its headers still arriving); if every one has a request in progress,
+  the new connection's request gets 503 `{"error": ...}` and `Connection: close`. So clients holding
+  connections without sending cannot keep the kubelet's health checks out.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Optional
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger("perf_predictor")
+MAX_HEADER_BYTES = 16 << 10  # request line and header fields; as the gRPC port (grpc_server.py)
+REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+limits = None  # set by __main__ before the REST server is built (then Limits() is used where it is not)
+draining = False  # this process got SIGTERM: every reply closes its connection (start_draining)
+
+
+def default_max_connections() -> int:
+    """4,096 (as the gRPC port), or a quarter of the process's file descriptors if that is less: the rest
+    stays for the gRPC port, the model files and the health checks."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 4096
+
+
+def install(config, limits: Limits) -> None:
+    """On a uvicorn Config before it is loaded; travels with it into worker processes."""
+    config.http = LimitedHttpToolsProtocol
+    config.perf_predictor_limits = limits
+
+
+def start_draining(connections) -> None:
+    """SIGTERM: from now on every reply says `Connection: close`, and so do those being prepared, so
+    keep-alive clients reconnect (elsewhere) instead of sending into a connection about to close."""
+    global draining
+    draining = True
+    for connection in list(connections):
+        cycle = getattr(connection, "cycle", None)
+        # a reply whose headers went out without it keeps its connection open: closing it after would
+        # reset the client's next request, which is told on its own reply instead
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = False
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: Limits = getattr(config, "perf_predictor_limits", Limits())
+        self.read_timer = None
+        self.waiting_since = self.loop.time()  # for a request (idle, or its headers arriving)
+        self.header_bytes = 0
+        self.refused: Optional[int] = None  # the status this connection was answered with instead
+        self.over_cap = False
+
+    # --- the cap on connections
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self._close_longest_waiting():
+            self.over_cap = True  # its request gets 503 once its headers are in
+        self._time_reads(self.limits.header_timeout)
+
+    def _waiting_for_request(self) -> bool:
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _close_longest_waiting(self) -> bool:
+        waiting = [c for c in self.connections if c is not self and isinstance(c, LimitedHttpToolsProtocol)
+                   and c._waiting_for_request() and not c.transport.is_closing()]
+        if not waiting:
+            return False
+        min(waiting, key=lambda c: c.waiting_since).transport.close()
+        return True
+
+    # --- timeouts and the header size
+    def _time_reads(self, seconds: Optional[float]) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+        self.read_timer = None if seconds is None else self.loop.call_later(seconds, self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self.read_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:  # the body did not arrive
+            if self.cycle.response_started:
+                self.transport.abort()
+                return
+            self.cycle.disconnected = True  # whatever the application sends next goes nowhere
+            self.cycle.message_event.set()
+            what = "request body"
+        else:
+            what = "request headers"
+        self._refuse(408, f"the {what} did not arrive within the server's timeout")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answers `status` now and closes the connection; nothing more is read from it."""
+        if self.refused is not None or self.transport.is_closing():
+            return
+        self.refused = status
+        body = orjson.dumps({"error": message})
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self.refused is None:  # not after our own refusal, which stopped the parser
+            super().send_400_response(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused is None:
+            super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_bytes = 0
+        self._time_reads(self.limits.header_timeout)
+
+    def _count_header_bytes(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._refuse(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            raise ValueError("headers too large")  # stops the parser (uvicorn then answers nothing more)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._time_reads(self.limits.body_timeout)
+        app = self.app
+        if self.over_cap:  # uvicorn starts `self.app` for the request
+            self.over_cap, self.app = False, refuse_over_cap
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+        if draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def on_message_complete(self) -> None:
+        self._time_reads(None)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.waiting_since = self.loop.time()
+
+    def connection_lost(self, exc) -> None:
+        self._time_reads(None)
+        super().connection_lost(exc)
+
+
+async def refuse_over_cap(scope, receive, send) -> None:
+    body = orjson.dumps({"error": "the server has as many connections open as it may; retry later or elsewhere"})
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": body})
