@@ -6,6 +6,10 @@ FastAPI, and what every inference request gets on this port.
   metadata, v1 `:predict`) stays KServe's.
 - A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is read as
   JSON unless the binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
+- Every POST body is limited (the model's --max_body_bytes): a larger Content-Length is a 413 before
+  a byte is read, and a body is read only until it passes the limit (asgi.py). Versioned routes
+  (/v2/models/<name>/versions/<v>/...) are the unversioned ones when <v> is the model's version, else
+  404.
 - Client mistakes are 400 `{"error": ...}` (FastAPI's own validation errors would be 422), and every
   inference request is counted and timed here, rejected ones with their reason; `/metrics` serves
   the sum over all worker processes.
@@ -28,13 +32,15 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
 from . import codec, metrics, timeseries
-from .asgi import BINARY_HEADER, read_body, reply
+from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
 from .contract import internal_error, reason_of
-from .model import PerfPredictor, served
+from .model import PerfPredictor, body_limit, served
 
 logger = logging.getLogger("perf_predictor")
 JSON_TYPE = b"application/json"
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
+VERSIONED = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/[^/]*)?$")
+MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
 
 # The request being answered by KServe's routes, for the 4xx reason its exception handler finds.
@@ -50,16 +56,20 @@ class RESTServer(kserve_rest.RESTServer):
 
 
 # --- the v2 infer route of our models
-async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None) -> None:
+async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None,
+                      extra_headers: tuple = ()) -> None:
     state.update(status=status, reason=reason)
     if status < 500:
         logger.info("rejected request: %s", message)
-    await reply(send, status, orjson.dumps({"error": message}))
+    await reply(send, status, orjson.dumps({"error": message}), extra_headers=extra_headers)
 
 
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
     with metrics.tracked(model.name, "rest", "v2_infer") as state:
-        body = await read_body(receive)
+        try:
+            body = await read_body(receive, model.max_body_bytes, scope)
+        except BodyTooLarge as exc:
+            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
         json_length = None
         for key, value in scope["headers"]:
             if key == BINARY_HEADER:
@@ -90,6 +100,10 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
 
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and (versioned := VERSIONED.match(scope["path"])):
+                scope = unversioned(registry, scope, versioned)
+                if scope is None:
+                    return await reply(send, 404, orjson.dumps({"error": unknown_version(versioned)}))
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:
@@ -102,7 +116,51 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     app.__class__ = V2InferFirst
 
 
-# --- every other inference request, through KServe's routes
+def unknown_version(versioned: re.Match) -> str:
+    return f"Model with name {versioned['name']} and version {versioned['version']} does not exist."
+
+
+def unversioned(registry: ModelRepository, scope, versioned: re.Match) -> Optional[dict]:
+    """The scope of the unversioned route when the path names our model at its version, else None.
+    KServe 0.21 registers the versioned routes but answers 501 with a traceback for every request."""
+    model = served(registry, versioned["name"])
+    if model is None or not model.version or versioned["version"] != model.version:
+        return None
+    path = f"/v2/models/{versioned['name']}{versioned['rest'] or ''}"
+    return dict(scope, path=path, raw_path=path.encode())
+
+
+# --- every other request, through KServe's routes
+class BodyLimitMiddleware:
+    """A POST body larger than the limit is a 413 before KServe reads it: refused on its Content-Length,
+    else read here up to the limit (never more) and handed on whole."""
+
+    def __init__(self, app, registry: ModelRepository):
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        match = MODEL_PATH.match(scope["path"])
+        try:
+            body = await read_body(receive, body_limit(self.registry, match and match.group(1)), scope)
+        except BodyTooLarge as exc:
+            note_rejection("too_large")
+            logger.info("rejected request: %s", exc)
+            return await reply(send, 413, orjson.dumps({"error": str(exc)}), extra_headers=CLOSE)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # the client's disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 class JsonContentTypeMiddleware:
     """Inference POSTs without the binary-tensor header are read as JSON."""
 
@@ -186,10 +244,12 @@ async def validation_error_handler(_request, exc: RequestValidationError) -> JSO
 
 def install(app, registry: ModelRepository) -> None:
     """Once per process and app. Starlette puts the last added middleware outermost: metrics see
-    everything, then content type; our models' v2 infer requests are answered before all of it."""
+    everything, then content type, then the body limit; our models' v2 infer requests are answered
+    before all of it."""
     if getattr(app, "perf_predictor_installed", False):
         return
     answer_v2_infer_first(app, registry)
+    app.add_middleware(BodyLimitMiddleware, registry=registry)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(MetricsMiddleware, registry=registry)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
