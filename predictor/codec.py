@@ -135,6 +135,15 @@ def _binary_size(tensor: dict) -> Optional[int]:
     return size
 
 
+def _fields(obj: simdjson.Object):
+    """An object's (name, value) pairs, values as simdjson proxies (`items()` would convert them whole).
+    A name holding a NUL cannot be looked up by the library, so it is refused."""
+    for key in obj.keys():
+        if "\x00" in key:
+            raise _malformed("a field name holds a NUL character")
+        yield key, obj[key]
+
+
 class _Plain:
     """A request's fields other than tensor data as Python objects: at most HEADER_ITEMS items, nested
     at most HEADER_DEPTH deep, and no array or object converted whole by the library (SATURATED_LENGTH)."""
@@ -152,7 +161,7 @@ class _Plain:
                 raise _malformed(f"the request's fields other than 'data' hold more than {HEADER_ITEMS} items")
             if isinstance(value, simdjson.Array):
                 return [self(item, depth + 1) for item in value]
-            return {key: self(value[key], depth + 1) for key in value.keys()}
+            return {key: self(item, depth + 1) for key, item in _fields(value)}
         return value
 
 
@@ -168,13 +177,13 @@ def _json_header(raw: bytes) -> dict:
     plain = _Plain()
     if len(doc) > HEADER_ITEMS:
         raise _malformed(f"the body has more than {HEADER_ITEMS} fields")
-    header = {key: plain(doc[key]) for key in doc.keys() if key != "inputs"}
+    header = {key: plain(value) for key, value in _fields(doc) if key != "inputs"}
     inputs = doc.get("inputs")
     if isinstance(inputs, simdjson.Array):
         plain.budget -= len(inputs)
         if plain.budget < 0:
             raise _malformed(f"'inputs' holds {len(inputs)} tensors")
-        inputs = [{key: (t[key] if key == "data" else plain(t[key], 2)) for key in t.keys()}
+        inputs = [{key: (value if key == "data" else plain(value, 2)) for key, value in _fields(t)}
                   if isinstance(t, simdjson.Object) and len(t) <= HEADER_ITEMS else plain(t, 1) for t in inputs]
     else:
         inputs = plain(inputs)

@@ -26,14 +26,15 @@ from typing import Optional
 import orjson
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve import model_server
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
 from . import codec, metrics, timeseries
 from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
-from .contract import internal_error, reason_of
+from .contract import REASON_OF_HTTP_STATUS, internal_error, reason_of
 from .model import PerfPredictor, body_limit, served
 
 logger = logging.getLogger("perf_predictor")
@@ -237,6 +238,23 @@ def _describe(exc: RequestValidationError) -> str:
     return "malformed request body: " + "; ".join(problems)
 
 
+async def unknown_model_handler(_request, exc: Exception) -> JSONResponse:
+    """KServe's 404 / 503 for a model it does not have or that is not ready, without the traceback its
+    own handlers log for each such request."""
+    status = 404 if isinstance(exc, ModelNotFound) else 503
+    note_rejection(REASON_OF_HTTP_STATUS.get(status))
+    logger.info("rejected request: %s", exc)
+    return JSONResponse(status_code=status, content={"error": str(exc)})
+
+
+async def http_error_handler(_request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, an unreadable body) in the protocol's
+    shape rather than FastAPI's {"detail": ...}."""
+    if exc.status_code < 500:
+        note_rejection(REASON_OF_HTTP_STATUS.get(exc.status_code))
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+
 async def validation_error_handler(_request, exc: RequestValidationError) -> JSONResponse:
     note_rejection("malformed_body")
     return JSONResponse(status_code=400, content={"error": _describe(exc)})
@@ -253,5 +271,8 @@ def install(app, registry: ModelRepository) -> None:
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(MetricsMiddleware, registry=registry)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ModelNotFound, unknown_model_handler)
+    app.add_exception_handler(ModelNotReady, unknown_model_handler)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.perf_predictor_installed = True

@@ -181,7 +181,9 @@ def test_fp32_values_beyond_its_range_are_a_400(limited, window):
 
 @pytest.mark.parametrize("body", [b"[" * 5000 + b"]" * 5000, b'{"inputs": ' + b"[" * 3000 + b"]" * 3000 + b"}",
                                   b'{"inputs": [{"name": "history", "x": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}]}",
-                                  b"\xff\xfe{}", b'{"inputs": [1, 2', b'{"a": "\x01"}', b"", b"nul\x00l"])
+                                  b"\xff\xfe{}", b'{"inputs": [1, 2', b'{"a": "\x01"}', b"", b"nul\x00l",
+                                  b'{"\\u0000": null, "inputs": []}',
+                                  b'{"inputs": [{"name": "history", "\\u0000x": 1}]}'])
 def test_malformed_json_is_a_400(limited, body):
     status, result = post(limited, f"/v2/models/{MODEL_NAME}/infer", body)
     assert status == 400 and set(result) == {"error"}, result
