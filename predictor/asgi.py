@@ -24,15 +24,15 @@ def content_length(scope) -> Optional[int]:
     return None
 
 
-async def read_body(receive, limit: int, scope) -> bytes:
-    """An ASGI request's whole body, refused (BodyTooLarge) as soon as its Content-Length or the bytes
-    received pass `limit`: at most `limit` bytes are ever held."""
+async def body_chunks(receive, limit: int, scope):
+    """An ASGI request's body as it arrives, refused (BodyTooLarge) as soon as its Content-Length or
+    the bytes received pass `limit`."""
     declared = content_length(scope)
     if declared is not None and declared > limit:
         if declared <= LINGER_BYTES and not expects_continue(scope):
             await discard(receive)
         raise BodyTooLarge(limit, declared)
-    chunks, size = [], 0
+    size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
@@ -40,9 +40,14 @@ async def read_body(receive, limit: int, scope) -> bytes:
         if size > limit:
             await discard(receive)
             raise BodyTooLarge(limit)
-        chunks.append(chunk)
+        yield chunk
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return
+
+
+async def read_body(receive, limit: int, scope) -> bytes:
+    """The whole body, within `limit` (body_chunks): at most `limit` bytes are ever held."""
+    return b"".join([chunk async for chunk in body_chunks(receive, limit, scope)])
 
 
 # The kernel resets a connection closed with unread bytes, and a client still sending then loses

@@ -35,6 +35,9 @@ class RequestError(InvalidInput):
         super().__init__(message)
         self.code = reason_code
 
+    def __reduce__(self):  # as it comes back from the decoder process (offload.py)
+        return type(self), (self.code, self.reason)
+
 
 def reason_of(exc: BaseException) -> Optional[str]:
     return getattr(exc, "code", None)

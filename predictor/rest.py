@@ -32,7 +32,7 @@ from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import codec, metrics, timeseries
+from . import codec, metrics, offload, timeseries
 from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
 from .contract import REASON_OF_HTTP_STATUS, internal_error, reason_of
 from .model import PerfPredictor, body_limit, served
@@ -67,10 +67,6 @@ async def reply_error(send, state: dict, status: int, message: str, reason: Opti
 
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
     with metrics.tracked(model.name, "rest", "v2_infer") as state:
-        try:
-            body = await read_body(receive, model.max_body_bytes, scope)
-        except BodyTooLarge as exc:
-            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
         json_length = None
         for key, value in scope["headers"]:
             if key == BINARY_HEADER:
@@ -79,8 +75,16 @@ async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
                 except ValueError:
                     return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
                                              "malformed_body")
+        need, limit = model.history_length, model.max_body_bytes
+        try:  # a large JSON body is decoded in the helper process (offload.py)
+            if offload.spools(scope, json_length):
+                decoding = offload.decoder.decode_spooled(await offload.spool(receive, limit, scope), need)
+            else:
+                decoding = offload.decoder.decode_v2_body(await read_body(receive, limit, scope), json_length, need)
+        except BodyTooLarge as exc:
+            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
         try:
-            history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
+            history, wanted = await decoding
             with metrics.predict_seconds(model.name).time():
                 forecasts = await model.forecast(history, "rest", inline=True)
             body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
