@@ -7,13 +7,15 @@ as large as the default --max_body_bytes allows: --max_batch_series series of W 
 as wide as the limit's rule assumes (`-1.2345678901234567e+02, `), so each body is within a few bytes
 of the limit. Meanwhile another connection asks GET /v2/health/ready every `interval_ms` and records
 how long each answer took. Prints the big requests' times and the health latencies measured while a
-big request was in flight (p50, p99, max), as a markdown row and one JSON line. The target: p99 < 50 ms.
+big request was in flight (p50, p99, max), as a markdown row and one JSON line, and writes them to
+`--out` for benchmarks/report.py. The target: p99 < 50 ms.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -49,6 +51,8 @@ def main() -> int:
     ap.add_argument("--model_dir", type=Path, help="model directory (default: train .cache/bench/model)")
     ap.add_argument("--requests", type=int, default=10, help="largest requests to send, one after another")
     ap.add_argument("--interval_ms", type=float, default=5.0, help="pause between two health requests")
+    ap.add_argument("--out", type=Path, default=bench.REPO / ".cache" / "limits" / "health-under-load.json",
+                    help="the figures, for benchmarks/report.py")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="health-bench-"))
     model_dir = bench.ensure_model(args.model_dir, bench.REPO / ".cache" / "bench", retrain=False)
@@ -110,13 +114,17 @@ def main() -> int:
     figures = {"body_bytes": len(body), "limit_bytes": limit, "requests": len(big_s),
                "request_s_median": float(np.median(big_s)), "health_samples": len(ms),
                "health_p50_ms": bench.percentile(ms, 50), "health_p99_ms": bench.percentile(ms, 99),
-               "health_max_ms": ms[-1], "idle_health_p50_ms": bench.percentile(sorted(1000 * s for s in idle), 50)}
+               "health_max_ms": ms[-1], "idle_health_p50_ms": bench.percentile(sorted(1000 * s for s in idle), 50),
+               "what": "health under the largest request", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
     print("| body | request (median) | health samples during | p50 ms | p99 ms | max ms | idle p50 ms |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {len(body) / 2**20:.1f} MiB, {MAX_BATCH_SERIES} x {card['window']} | {figures['request_s_median']:.2f} s | "
           f"{len(ms)} | {figures['health_p50_ms']:.1f} | {figures['health_p99_ms']:.1f} | {figures['health_max_ms']:.1f} | "
           f"{figures['idle_health_p50_ms']:.1f} |")
     print(json.dumps(figures))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=1))
     return 0
 
 

@@ -45,6 +45,12 @@ edit by hand.
   hardening (`--read-only --tmpfs /tmp --user 10001:10001 --cap-drop ALL`): seconds from `docker run`
   until `/v2/models/perf-predictor/ready` answers 200, with 1 worker and with 2 (and until both workers
   have started).
+- Limits (docs/limits.md): `benchmarks/health_under_load.py` sends v2 JSON requests as large as the
+  default body limit allows (4,096 series of W numbers, each as wide as the limit's rule assumes), one
+  after another, while another connection asks `/v2/health/ready` every 5 ms; it records the health
+  latencies measured while a large request was in flight. `PERF_PREDICTOR_FUZZ_CASES=6000
+  PERF_PREDICTOR_FUZZ_REPORT=.cache/limits/conformance-fuzz.json pytest tests/test_conformance_fuzz.py`
+  is the long conformance run (schemathesis on the Open Inference Protocol's REST spec; CI runs 300 cases).
 """
 
 CONTAINER_ROWS = [  # metrics.json key, what it is
@@ -68,10 +74,32 @@ def container_section(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def limits_section(health: dict | None, fuzz: dict | None) -> str:
+    lines = ["## Limits and fuzzing", "", "| measurement | value |", "|---|---:|"]
+    if health:
+        lines += [f"| largest v2 JSON request, bytes (limit {health['limit_bytes']:,}) | {health['body_bytes']:,} |",
+                  f"| its time, median of {health['requests']}, s | {health['request_s_median']:.2f} |",
+                  f"| `/v2/health/ready` while it runs ({health['health_samples']} samples): p50 / p99 / max, ms | "
+                  f"{health['health_p50_ms']:.1f} / {health['health_p99_ms']:.1f} / {health['health_max_ms']:.1f} |",
+                  f"| `/v2/health/ready` between them, p50, ms | {health['idle_health_p50_ms']:.1f} |"]
+    if fuzz:
+        statuses = ", ".join(f"{count:,} × {status}" for status, count in sorted(fuzz["statuses"].items()))
+        lines += [f"| conformance cases sent ({fuzz['operations']} operations) | {fuzz['cases']:,} |",
+                  f"| their answers | {statuses} |",
+                  f"| forecasts among them | {fuzz['forecasts']:,} |",
+                  "| 5xx, errors not `{\"error\": ...}`, tracebacks logged | 0 |"]
+    for figures in (health, fuzz):
+        if figures and "measured_at" in figures:
+            lines += ["", f"{figures['what']}: measured {figures['measured_at']}, load average {figures['load_average']}."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serving", type=Path, default=BENCH / "results" / "latest.json")
     ap.add_argument("--container", type=Path, default=REPO / ".cache" / "container-test" / "metrics.json")
+    ap.add_argument("--limits", type=Path, default=REPO / ".cache" / "limits",
+                    help="health-under-load.json (benchmarks/health_under_load.py) and conformance-fuzz.json")
     ap.add_argument("--out", type=Path, default=BENCH / "README.md")
     args = ap.parse_args()
     import run
@@ -79,6 +107,9 @@ def main() -> int:
     parts = [METHOD]
     if args.container.exists():
         parts.append(container_section(json.loads(args.container.read_text())))
+    limits = [args.limits / name for name in ("health-under-load.json", "conformance-fuzz.json")]
+    if any(path.exists() for path in limits):
+        parts.append(limits_section(*(json.loads(p.read_text()) if p.exists() else None for p in limits)))
     if args.serving.exists():
         parts.append(run.render(json.loads(args.serving.read_text()), level=2))
     args.out.write_text("\n".join(parts))

@@ -9,7 +9,8 @@ and generated, and without the version. Its tensors name `history` and FP32/FP64
 and three bodies in four get a shape their data fills (half of them also a tensor named `history`,
 FP32 or FP64, and no unknown outputs), so that many cases reach the model.
 
-PERF_PREDICTOR_FUZZ_CASES sets the number of cases (CI: 300; the long run in benchmarks/README.md).
+PERF_PREDICTOR_FUZZ_CASES sets the number of cases (CI: 300; the long run in benchmarks/README.md),
+PERF_PREDICTOR_FUZZ_REPORT a file for the run's figures (benchmarks/report.py reads them).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import collections
 import copy
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -107,6 +110,25 @@ def check_reply(case, response, tally: collections.Counter) -> None:
         assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), where
 
 
+def fuzz(srv, session, operation, mode, examples: int, tally: collections.Counter,
+         reached: collections.Counter) -> None:
+    """`examples` cases of one operation in one generation mode, each checked as it is answered."""
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode), shape=st.tuples(
+        st.integers(1, 9), st.integers(20, 400), st.sampled_from(["tidy", "fill", "tidy", "as generated"])))
+    def run(case, shape):
+        rows, length, how = shape
+        if how != "as generated" and case.method == "POST":
+            case.body = fill(case.body, rows, length, tidy=how == "tidy")
+        response = case.call(base_url=srv.http_url, session=session, timeout=30)
+        check_reply(case, response, tally)
+        if response.status_code == 200 and case.method == "POST":
+            reached[operation.label] += 1
+
+    run()
+
+
 @pytest.fixture(scope="module")
 def fuzzed(model_dir, tmp_path_factory):
     srv = start_server(model_dir, tmp_path_factory.mktemp("fuzz") / "server.log")
@@ -129,20 +151,8 @@ def test_no_generated_request_gets_a_5xx_or_an_error_of_another_shape(fuzzed, ca
     session = requests.Session()
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @settings(max_examples=max(1, round(unit * weight[operation.label])), deadline=None, database=None, suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(generation_mode=mode), shape=st.tuples(
-                st.integers(1, 9), st.integers(20, 400), st.sampled_from(["tidy", "fill", "tidy", "as generated"])))
-            def run(case, shape):
-                rows, length, how = shape
-                if how != "as generated" and case.method == "POST":
-                    case.body = fill(case.body, rows, length, tidy=how == "tidy")
-                response = case.call(base_url=fuzzed.http_url, session=session, timeout=30)
-                check_reply(case, response, tally)
-                if response.status_code == 200 and case.method == "POST":
-                    reached[operation.label] += 1
-
             try:
-                run()
+                fuzz(fuzzed, session, operation, mode, max(1, round(unit * weight[operation.label])), tally, reached)
             except Unsatisfiable:  # nothing to break in an operation without parameters or body
                 assert mode == schemathesis.GenerationMode.NEGATIVE, operation.label
     sent = sum(tally.values())
@@ -153,4 +163,11 @@ def test_no_generated_request_gets_a_5xx_or_an_error_of_another_shape(fuzzed, ca
     assert get(fuzzed, "/v2/health/ready") == (200, {"ready": True})
     assert fuzzed.process.poll() is None
     assert "Traceback" not in fuzzed.log(), fuzzed.log()[-3000:]
-    json.dumps(dict(tally))  # figures for the long run's report
+    if os.environ.get("PERF_PREDICTOR_FUZZ_REPORT"):  # the long run's figures, for benchmarks/report.py
+        report = Path(os.environ["PERF_PREDICTOR_FUZZ_REPORT"])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({
+            "cases": sent, "operations": len(operations), "statuses": {str(k): v for k, v in sorted(tally.items())},
+            "forecasts": sum(reached.values()), "what": "conformance fuzzing",
+            "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg())}, indent=1))
