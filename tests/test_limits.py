@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import MODEL_NAME, end_process, start_server, wait_ready
+from .conftest import MODEL_NAME, REPO, end_process, start_server, wait_ready
 from .test_serving import card, get, histories, post, window  # noqa: F401 (fixtures)
 
 MAX_SERIES = 8
@@ -205,3 +207,53 @@ def test_versioned_routes_are_the_models_own(limited, card, window):
     status, result = post(limited, f"/v2/models/{MODEL_NAME}/versions/0/infer", v2(histories(1, window)))
     assert status == 404 and "version 0 does not exist" in result["error"], result
     assert "Traceback" not in limited.log()
+
+
+DECODER_CHECK = """
+import asyncio, json, os, signal, sys
+from concurrent.futures.process import BrokenProcessPool
+import numpy as np
+from predictor import codec, offload
+from predictor.contract import HistoryLength, RequestError
+
+window = int(sys.argv[1])
+need = HistoryLength(window, 24, 8)
+rows = np.random.default_rng(0).uniform(50, 150, size=(8, window))
+body = json.dumps({"id": "x" * offload.OFFLOAD_BYTES, "inputs": [{"name": "history", "datatype": "FP64",
+                   "shape": [8, window], "data": rows.ravel().tolist()}]}).encode()  # past OFFLOAD_BYTES
+inline, inline_reply = codec.decode_v2_body(body, None, need)
+decoder = offload.DecoderProcess()
+
+async def scenario():
+    history, reply = await decoder.decode_v2_body(body, None, need)
+    assert (history == inline).all() and reply == inline_reply
+    for pid in list(decoder._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    try:
+        await decoder.decode_v2_body(body, None, need)
+        raise AssertionError("a dead helper went unnoticed")
+    except BrokenProcessPool:
+        pass
+    history, _ = await decoder.decode_v2_body(body, None, need)
+    assert (history == inline).all()
+    try:
+        await decoder.decode_v2_body(body.replace(b'"FP64"', b'"INT8"'), None, need)
+    except RequestError as exc:  # pickled back from the helper with its reason
+        assert exc.code == "wrong_datatype", exc.code
+    else:
+        raise AssertionError("INT8 accepted")
+
+asyncio.run(scenario())
+decoder.close()
+print("same answers; helper replaced")
+"""
+
+
+def test_the_decoder_process_answers_as_the_codec_does_and_is_replaced_when_it_dies(window):
+    """Large JSON bodies go to a helper process (offload.py): the same answer as decoding inline, client
+    errors with their reason; a helper that died fails one request and the next starts a new helper. In
+    a process of its own: KServe's and tritonclient's protos cannot share one."""
+    done = subprocess.run([sys.executable, "-c", DECODER_CHECK, str(window)], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert done.stdout.strip() == "same answers; helper replaced", done.stderr[-3000:]
