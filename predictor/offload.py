@@ -8,7 +8,8 @@ inline, where a process hop would cost more than it saves. A body that announces
 written to a temporary file as it arrives and the helper reads it from there, so the server never
 copies the whole body at once (on a busy machine one 34 MiB copy alone holds the GIL for 100+ ms). The helper runs the same codec, so the
 answers are the same; a parser crash on a hostile body takes down the helper, never the server: the
-request gets a 500, the failure is logged, and the next large body starts a new helper.
+request gets a 500, the failure is logged, and the next large body starts a new helper. The decoded
+windows come back in a temporary .npy file that the server maps rather than copies.
 """
 from __future__ import annotations
 
@@ -44,18 +45,18 @@ class DecoderProcess:
                              need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
         if (len(body) if json_length is None else json_length) < OFFLOAD_BYTES:
             return codec.decode_v2_body(body, json_length, need)
-        return await self._run(codec.decode_v2_body, body, json_length, need)
+        return await self._run(body, json_length, need)
 
     async def decode_spooled(self, path: str, need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
         try:
-            return await self._run(decode_file, path, need)
+            return await self._run(path, None, need)
         finally:
             _remove(path)
 
-    async def _run(self, function, *args):
+    async def _run(self, body, json_length: Optional[int], need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
         pool = self._executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+            windows, reply = await asyncio.get_running_loop().run_in_executor(pool, decode, body, json_length, need)
         except BrokenProcessPool:
             logger.error("the JSON decoder process died while decoding a request body; the next large body "
                          "starts a new one")
@@ -63,6 +64,10 @@ class DecoderProcess:
                 self._pool = None
                 pool.shutdown(wait=False, cancel_futures=True)
             raise
+        try:  # mapped, not read: the pages come in as the forecast reads them
+            return np.asarray(np.load(windows, mmap_mode="c")), reply
+        finally:
+            _remove(windows)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -91,10 +96,18 @@ async def spool(receive, limit: int, scope) -> str:
     return path
 
 
-def decode_file(path: str, need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
-    """In the helper process: a spooled JSON body, decoded."""
-    with open(path, "rb") as body:
-        return codec.decode_v2_body(body.read(), None, need)
+def decode(body, json_length: Optional[int], need: HistoryLength) -> tuple[str, codec.V2Reply]:
+    """In the helper process: a body (bytes, or the path of a spooled JSON body) decoded, its windows
+    written to a .npy file whose path is returned (an 11 MB array pickled back would be copied while
+    holding the server's GIL)."""
+    if isinstance(body, str):
+        with open(body, "rb") as spooled:
+            body = spooled.read()
+    windows, reply = codec.decode_v2_body(body, json_length, need)
+    fd, path = tempfile.mkstemp(prefix="perf-predictor-windows-", suffix=".npy")
+    with os.fdopen(fd, "wb") as out:
+        np.save(out, windows)
+    return path, reply
 
 
 def _remove(path: str) -> None:
