@@ -115,7 +115,7 @@ def main() -> int:
                "request_s_median": float(np.median(big_s)), "health_samples": len(ms),
                "health_p50_ms": bench.percentile(ms, 50), "health_p99_ms": bench.percentile(ms, 99),
                "health_max_ms": ms[-1], "idle_health_p50_ms": bench.percentile(sorted(1000 * s for s in idle), 50),
-               "what": "health under the largest request", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "what": "Health under the largest request", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
     print("| body | request (median) | health samples during | p50 ms | p99 ms | max ms | idle p50 ms |")
     print("|---|---|---|---|---|---|---|")

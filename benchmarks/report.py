@@ -48,9 +48,11 @@ edit by hand.
 - Limits (docs/limits.md): `benchmarks/health_under_load.py` sends v2 JSON requests as large as the
   default body limit allows (4,096 series of W numbers, each as wide as the limit's rule assumes), one
   after another, while another connection asks `/v2/health/ready` every 5 ms; it records the health
-  latencies measured while a large request was in flight. `PERF_PREDICTOR_FUZZ_CASES=6000
+  latencies measured while a large request was in flight. `PERF_PREDICTOR_FUZZ_CASES=7000
   PERF_PREDICTOR_FUZZ_REPORT=.cache/limits/conformance-fuzz.json pytest tests/test_conformance_fuzz.py`
-  is the long conformance run (schemathesis on the Open Inference Protocol's REST spec; CI runs 300 cases).
+  is the long conformance run (schemathesis on the Open Inference Protocol's REST spec; CI runs 300
+  cases). Hypothesis stops early on operations with few distinct inputs, so fewer cases are sent than
+  asked for.
 """
 
 CONTAINER_ROWS = [  # metrics.json key, what it is

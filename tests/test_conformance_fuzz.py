@@ -168,6 +168,6 @@ def test_no_generated_request_gets_a_5xx_or_an_error_of_another_shape(fuzzed, ca
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps({
             "cases": sent, "operations": len(operations), "statuses": {str(k): v for k, v in sorted(tally.items())},
-            "forecasts": sum(reached.values()), "what": "conformance fuzzing",
+            "forecasts": sum(reached.values()), "what": "Conformance fuzzing",
             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg())}, indent=1))
