@@ -30,11 +30,15 @@ from .contract import HistoryLength
 
 logger = logging.getLogger("perf_predictor")
 OFFLOAD_BYTES = 1 << 20
+# Bodies spooled at once per server process (each up to the body limit, plus its decoded windows, in
+# the chart's 256 MiB /tmp): a request beyond waits for a slot before its body is read.
+SPOOL_SLOTS = 2
 
 
 class DecoderProcess:
     def __init__(self):
         self._pool: Optional[ProcessPoolExecutor] = None
+        self._slots: Optional[asyncio.Semaphore] = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:  # spawn: the server has threads, which fork would copy half-way
@@ -47,11 +51,17 @@ class DecoderProcess:
             return codec.decode_v2_body(body, json_length, need)
         return await self._run(body, json_length, need)
 
-    async def decode_spooled(self, path: str, need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
-        try:
-            return await self._run(path, None, need)
-        finally:
-            _remove(path)
+    async def decode_streamed(self, receive, limit: int, scope, need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
+        """A JSON body spooled to a file as it arrives (`spool`), then decoded by the helper; at most
+        SPOOL_SLOTS at once."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(SPOOL_SLOTS)
+        async with self._slots:
+            path = await spool(receive, limit, scope)
+            try:
+                return await self._run(path, None, need)
+            finally:
+                _remove(path)
 
     async def _run(self, body, json_length: Optional[int], need: HistoryLength) -> tuple[np.ndarray, codec.V2Reply]:
         pool = self._executor()

@@ -76,19 +76,18 @@ async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
                     return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
                                              "malformed_body")
         need, limit = model.history_length, model.max_body_bytes
-        try:  # a large JSON body is decoded in the helper process (offload.py)
-            if offload.spools(scope, json_length):
-                decoding = offload.decoder.decode_spooled(await offload.spool(receive, limit, scope), need)
-            else:
-                decoding = offload.decoder.decode_v2_body(await read_body(receive, limit, scope), json_length, need)
-        except BodyTooLarge as exc:
-            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
         try:
-            history, wanted = await decoding
+            if offload.spools(scope, json_length):  # a large JSON body: decoded in the helper process
+                history, wanted = await offload.decoder.decode_streamed(receive, limit, scope, need)
+            else:
+                body = await read_body(receive, limit, scope)
+                history, wanted = await offload.decoder.decode_v2_body(body, json_length, need)
             with metrics.predict_seconds(model.name).time():
                 forecasts = await model.forecast(history, "rest", inline=True)
             body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
                                                            forecasts)
+        except BodyTooLarge as exc:
+            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
         except InvalidInput as exc:
             return await reply_error(send, state, 400, str(exc), reason_of(exc))
         except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
