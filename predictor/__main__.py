@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "arrives while the previous predict runs)")
     parser.add_argument("--max_batch_series", type=int, default=4096,
                         help="most series per micro-batch (a larger single request still goes whole)")
+    parser.add_argument("--max_request_series", type=int, default=None,
+                        help="most series one request may hold, on every protocol (default: 8 x --max_batch_series)")
+    parser.add_argument("--max_body_bytes", type=int, default=None,
+                        help="largest REST request body, answered 413 beyond (default: --max_batch_series series "
+                             "of W numbers written as JSON, 26 bytes each, plus 64 KiB: docs/limits.md)")
     parser.add_argument("--inline_max_series", type=int, default=32,
                         help="REST batches of at most this many series are predicted on the event loop "
                              "instead of the forecast thread (0: never)")
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
     model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
-                          args.inline_max_series, args.max_requests_held)
+                          args.inline_max_series, args.max_request_series, args.max_body_bytes,
+                          args.max_requests_held)
     try:
         model.load()
     except ModelLoadError as exc:

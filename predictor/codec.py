@@ -13,7 +13,7 @@ import orjson
 import simdjson
 
 from .contract import (INPUT_DATATYPES, INPUT_NAME, OUTPUT_DATATYPE, HistoryLength, RequestError, check_history,
-                       check_rows, check_tensor_header)
+                       check_range, check_rows, check_series_count, check_tensor_header)
 
 
 def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
@@ -27,6 +27,15 @@ def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+# pysimdjson reports an array's length from the parser's tape, where it saturates at 2^24 - 1; its
+# `as_list()` allocates that many slots and writes every element (past the end for a longer array).
+# No array of that length or more reaches `as_list` here: `as_buffer` (sized from the tape's slots)
+# and plain iteration are safe, and every array this module converts is checked first.
+SATURATED_LENGTH = (1 << 24) - 1
+HEADER_ITEMS = 4096  # numbers, strings and containers in a request's fields other than its tensor data
+HEADER_DEPTH = 32
+
+
 def _flat_or_regular_rows(data: simdjson.Array, shape: list[int]) -> bool:
     """Whether `as_buffer`, which flattens any nesting, reads exactly the numbers the shape describes
     (as far as lengths tell: anything else goes to numpy, which rejects irregular nesting)."""
@@ -35,6 +44,28 @@ def _flat_or_regular_rows(data: simdjson.Array, shape: list[int]) -> bool:
     return len(data) == shape[0] and all(
         isinstance(row, simdjson.Array) and len(row) == shape[1] and not (len(row) and isinstance(row[0], simdjson.Array))
         for row in data)
+
+
+def _too_many_values(shape: list[int]) -> RequestError:
+    return RequestError("malformed_tensor", f"input '{INPUT_NAME}' data holds more numbers than its shape {shape}")
+
+
+def _values_list(data: simdjson.Array, shape: list[int]) -> list:
+    """A simdjson array as Python lists, never through `as_list` on an array whose length saturated,
+    never nested deeper than the shape's rank, and never more elements than the shape asks for (a
+    bigger array is refused as it is met)."""
+    budget = shape[0] * shape[1] + shape[0] + 1  # the numbers and the rows' lists
+
+    def convert(array: simdjson.Array, depth: int) -> list:
+        nonlocal budget
+        budget -= len(array)
+        if budget < 0 or len(array) >= SATURATED_LENGTH:
+            raise _too_many_values(shape)
+        if depth > len(shape):
+            raise RequestError("malformed_tensor", f"input '{INPUT_NAME}' data is nested deeper than its shape {shape}")
+        return [convert(item, depth + 1) if isinstance(item, simdjson.Array) else item for item in array]
+
+    return convert(data, 1)
 
 
 def from_values(data: Any, shape: list[int]) -> np.ndarray:
@@ -46,7 +77,7 @@ def from_values(data: Any, shape: list[int]) -> np.ndarray:
                     return np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64).reshape(shape)
             except TypeError:
                 pass  # not numbers only ("NaN" strings, say): numpy converts what it can, as for lists
-            data = data.as_list()
+            data = _values_list(data, shape)
         return np.asarray(data, dtype=np.float64).reshape(shape)
     except (ValueError, TypeError) as exc:
         raise RequestError(
@@ -59,7 +90,12 @@ def to_history(names: list, datatype: Any, shape: Any, need: HistoryLength, raw:
     """The one validation core under every v2 wire format: the tensor's header, its numbers (raw
     little-endian bytes, or a list / protobuf repeated field / simdjson array), then the history's checks."""
     shape = check_tensor_header(names, datatype, shape)
-    history = from_raw(raw, datatype, shape) if raw is not None else from_values(values, shape)
+    check_series_count(shape[0], need)
+    if raw is not None:
+        history = from_raw(raw, datatype, shape)
+    else:
+        history = from_values(values, shape)
+        check_range(history, datatype)
     return check_history(history, need)
 
 
@@ -99,12 +135,34 @@ def _binary_size(tensor: dict) -> Optional[int]:
     return size
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, simdjson.Object):
-        return value.as_dict()
-    if isinstance(value, simdjson.Array):
-        return value.as_list()
-    return value
+def _fields(obj: simdjson.Object):
+    """An object's (name, value) pairs, values as simdjson proxies (`items()` would convert them whole).
+    A name holding a NUL cannot be looked up by the library, so it is refused."""
+    for key in obj.keys():
+        if "\x00" in key:
+            raise _malformed("a field name holds a NUL character")
+        yield key, obj[key]
+
+
+class _Plain:
+    """A request's fields other than tensor data as Python objects: at most HEADER_ITEMS items, nested
+    at most HEADER_DEPTH deep, and no array or object converted whole by the library (SATURATED_LENGTH)."""
+
+    def __init__(self):
+        self.budget = HEADER_ITEMS
+
+    def __call__(self, value: Any, depth: int = 0) -> Any:
+        self.budget -= 1
+        if isinstance(value, (simdjson.Array, simdjson.Object)):
+            self.budget -= len(value)
+            if depth >= HEADER_DEPTH:
+                raise _malformed(f"the request's fields are nested more than {HEADER_DEPTH} deep")
+            if self.budget < 0:
+                raise _malformed(f"the request's fields other than 'data' hold more than {HEADER_ITEMS} items")
+            if isinstance(value, simdjson.Array):
+                return [self(item, depth + 1) for item in value]
+            return {key: self(item, depth + 1) for key, item in _fields(value)}
+        return value
 
 
 def _json_header(raw: bytes) -> dict:
@@ -112,15 +170,23 @@ def _json_header(raw: bytes) -> dict:
     its numbers go straight into numpy rather than through a Python float each."""
     try:
         doc = simdjson.Parser().parse(raw)
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: nesting deeper than the parser's limit, say
         raise RequestError("malformed_body", "the body is not valid JSON") from None
     if not isinstance(doc, simdjson.Object):
         raise _malformed("expected a JSON object with 'inputs'")
-    header = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}
+    plain = _Plain()
+    if len(doc) > HEADER_ITEMS:
+        raise _malformed(f"the body has more than {HEADER_ITEMS} fields")
+    header = {key: plain(value) for key, value in _fields(doc) if key != "inputs"}
     inputs = doc.get("inputs")
     if isinstance(inputs, simdjson.Array):
-        inputs = [{key: (t[key] if key == "data" else _plain(t[key])) for key in t.keys()}
-                  if isinstance(t, simdjson.Object) else _plain(t) for t in inputs]
+        plain.budget -= len(inputs)
+        if plain.budget < 0:
+            raise _malformed(f"'inputs' holds {len(inputs)} tensors")
+        inputs = [{key: (value if key == "data" else plain(value, 2)) for key, value in _fields(t)}
+                  if isinstance(t, simdjson.Object) and len(t) <= HEADER_ITEMS else plain(t, 1) for t in inputs]
+    else:
+        inputs = plain(inputs)
     if "inputs" in doc:
         header["inputs"] = inputs
     return header
@@ -140,7 +206,7 @@ def decode_v2_body(body: bytes, json_length: Optional[int], need: HistoryLength)
         raise _malformed("'inputs' must be a list of tensors")
     tensor = inputs[0] if inputs else {}
     names, datatype, shape = [t.get("name") for t in inputs], tensor.get("datatype"), tensor.get("shape")
-    check_tensor_header(names, datatype, shape)  # before the size checks below read the tensor's fields
+    check_series_count(check_tensor_header(names, datatype, shape)[0], need)  # before the tensor's fields are read
     size = _binary_size(tensor)
     if size is not None:
         raw = body[json_length:] if json_length is not None else b""
@@ -257,6 +323,7 @@ def decode_v1(payload: Any, need: HistoryLength) -> np.ndarray:
         raise RequestError("missing_instances", 'the body has no "instances": send {"instances": [[...], ...]}')
     if not isinstance(instances, list):
         raise RequestError("wrong_rank", '"instances" must be a list of series (lists of numbers)')
+    check_series_count(len(instances), need)
     rows = []
     for i, instance in enumerate(instances):
         if not isinstance(instance, list):

@@ -35,6 +35,9 @@ class RequestError(InvalidInput):
         super().__init__(message)
         self.code = reason_code
 
+    def __reduce__(self):  # as it comes back from the decoder process (offload.py)
+        return type(self), (self.code, self.reason)
+
 
 def reason_of(exc: BaseException) -> Optional[str]:
     return getattr(exc, "code", None)
@@ -48,10 +51,12 @@ def internal_error(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class HistoryLength:
     """How much history a series needs: the model reads the last `window` points, and accepts series
-    from `minimum` points (the model's own minimum; `window` unless the model says otherwise)."""
+    from `minimum` points (the model's own minimum; `window` unless the model says otherwise). One
+    request holds at most `max_series` series (None: any number)."""
 
     window: int
     minimum: int
+    max_series: Optional[int] = None
 
 
 def check_tensor_header(names: list, datatype: Any, shape: Any) -> list[int]:
@@ -71,6 +76,27 @@ def check_tensor_header(names: list, datatype: Any, shape: Any) -> list[int]:
     if len(shape) != 2:
         raise RequestError("wrong_rank", f"input '{INPUT_NAME}' must have shape [batch, length], got shape {list(shape)}")
     return list(shape)
+
+
+def check_series_count(count: int, need: HistoryLength) -> None:
+    """Before a request's numbers are read: a batch larger than the server takes is refused whole."""
+    if need.max_series is not None and count > need.max_series:
+        raise RequestError("too_many_series", f"the request holds {count} series; this server takes at most "
+                                              f"{need.max_series} per request (--max_request_series): split it")
+
+
+def check_range(history: np.ndarray, datatype: str) -> None:
+    """Numbers sent as JSON text for an FP32 tensor must be FP32 numbers: a larger one would become
+    infinite in the model's float32 arithmetic and give no forecast."""
+    if datatype != "FP32" or not history.size:
+        return
+    limit = float(np.finfo(np.float32).max)
+    outside = np.abs(history) > limit
+    outside &= np.isfinite(history)  # NaN and infinities are check_history's to refuse
+    if outside.any():
+        row, col = np.argwhere(outside)[0]
+        raise RequestError("out_of_range", f"series {row} has {history[row, col]:g} at position {col}, beyond the "
+                                           f"range of FP32 (±{limit:.6g}); send FP64 for such values")
 
 
 def too_short(index: int, length: int, need: HistoryLength) -> RequestError:
@@ -111,6 +137,7 @@ def check_rows(rows: list[np.ndarray], need: HistoryLength) -> np.ndarray:
     in length: each is cut to the window, checked and padded on its own."""
     if not rows:
         return check_history(np.empty((0, need.window)), need)
+    check_series_count(len(rows), need)
     for i, row in enumerate(rows):
         if len(row) < need.minimum:
             raise too_short(i, len(row), need)

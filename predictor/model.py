@@ -20,11 +20,30 @@ from .contract import INPUT_NAME, OUTPUT_DATATYPE, HistoryLength
 
 logger = logging.getLogger("perf_predictor")
 
+# The default REST body limit: the largest micro-batch (--max_batch_series series) of W numbers, each
+# written as wide as a JSON number gets ("-1.2345678901234567e-308, ", 26 bytes, as Python's json
+# writes a float64), plus each row's brackets and room for the rest of the request.
+JSON_NUMBER_BYTES = 26
+BODY_ROOM_BYTES = 64 * 1024
+
+
+# The default series limit per request: as many as a body at the default limit holds as binary FP32
+# (4 bytes a number rather than up to 26), rounded up to a power of two.
+REQUEST_SERIES_PER_BATCH = 8
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # before any model of ours is loaded
+
+
+def default_max_body_bytes(max_series: int, window: int) -> int:
+    return max_series * (window * JSON_NUMBER_BYTES + 4) + BODY_ROOM_BYTES
+
 
 class PerfPredictor(Model):
     def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096,
-                 predict_threads: int = 1, inline_max_series: int = 0, max_requests_held: int = 0):
+                 predict_threads: int = 1, inline_max_series: int = 0, max_request_series: Optional[int] = None,
+                 max_body_bytes: Optional[int] = None, max_requests_held: int = 0):
         super().__init__(name)
+        self.max_request_series = max_request_series or REQUEST_SERIES_PER_BATCH * max_batch_series
+        self.max_body_bytes = max_body_bytes  # None: default_max_body_bytes, once the window is known
         self.model_dir = model_dir
         self.predict_threads = predict_threads
         self.max_batch_delay_ms = max_batch_delay_ms
@@ -57,7 +76,9 @@ class PerfPredictor(Model):
         spec = self.forecaster.spec
         # the shortest history the model forecasts from: its own, else the card's, else its window
         minimum = getattr(spec, "min_history", None) or self.card.get("min_history") or spec.window
-        self.history_length = HistoryLength(spec.window, min(int(minimum), spec.window))
+        self.history_length = HistoryLength(spec.window, min(int(minimum), spec.window), self.max_request_series)
+        if self.max_body_bytes is None:
+            self.max_body_bytes = default_max_body_bytes(self.max_batch_series, spec.window)
         metrics.record_model(self.name, self.card, seconds)
         logger.info(
             "loaded model %s version %s from %s in %.2fs: window %d, horizon %d, outputs %s",
@@ -112,3 +133,13 @@ def served(registry: ModelRepository, name: str) -> Optional[PerfPredictor]:
     """The model of ours registered under `name` in KServe's registry, if any."""
     model = registry.get_model(name)
     return model if isinstance(model, PerfPredictor) else None
+
+
+def body_limit(registry: ModelRepository, name: Optional[str] = None) -> int:
+    """The REST body limit of the model of ours named `name`; for any other request, the largest of
+    our models' limits."""
+    model = served(registry, name) if name else None
+    if model is not None and model.max_body_bytes:
+        return model.max_body_bytes
+    limits = [m.max_body_bytes for m in (served(registry, n) for n in list(registry.get_models())) if m is not None]
+    return max((limit for limit in limits if limit), default=DEFAULT_MAX_BODY_BYTES)

@@ -8,6 +8,10 @@ FastAPI, and what every inference request gets on this port.
   metadata, v1 `:predict`) stays KServe's.
 - A v1 or v2 inference body without a JSON Content-Type (curl's default is form-encoded) is read as
   JSON unless the binary-tensor header says otherwise; KServe 0.21 would treat it as binary and fail.
+- Every POST body is limited (the model's --max_body_bytes): a larger Content-Length is a 413 before
+  a byte is read, and a body is read only until it passes the limit (asgi.py). Versioned routes
+  (/v2/models/<name>/versions/<v>/...) are the unversioned ones when <v> is the model's version, else
+  404.
 - Client mistakes are 400 `{"error": ...}` (FastAPI's own validation errors would be 422), and every
   inference request is counted and timed here, rejected ones with their reason; `/metrics` serves
   the sum over all worker processes.
@@ -24,20 +28,23 @@ from typing import Optional
 import orjson
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve import model_server
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
-from . import auth, codec, connections, metrics, timeseries
+from . import auth, codec, connections, metrics, offload, timeseries
 from .admission import OVERLOAD, RETRY_AFTER_S, Admission
-from .asgi import BINARY_HEADER, read_body, reply
-from .contract import internal_error, reason_of
-from .model import PerfPredictor, served
+from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
+from .contract import REASON_OF_HTTP_STATUS, internal_error, reason_of
+from .model import PerfPredictor, body_limit, served
 
 logger = logging.getLogger("perf_predictor")
 JSON_TYPE = b"application/json"
 V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
+VERSIONED = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/[^/]*)?$")
+MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 INFERENCE_PATH = re.compile(r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+):predict$")
 # readiness, which turns false on SIGTERM while the server drains (liveness stays true)
 READINESS_PATH = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$|^/v1/models/[^/:]+$")
@@ -59,11 +66,12 @@ class RESTServer(kserve_rest.RESTServer):
 
 
 # --- the v2 infer route of our models
-async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None) -> None:
+async def reply_error(send, state: dict, status: int, message: str, reason: Optional[str] = None,
+                      extra_headers: tuple = ()) -> None:
     state.update(status=status, reason=reason)
     if status < 500:
         logger.info("rejected request: %s", message)
-    await reply(send, status, orjson.dumps({"error": message}))
+    await reply(send, status, orjson.dumps({"error": message}), extra_headers=extra_headers)
 
 
 async def reply_overloaded(send, state: dict, admission: Admission) -> None:
@@ -77,37 +85,42 @@ async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
     with metrics.tracked(model.name, "rest", "v2_infer") as state:
         if model.admission.full():  # refused before its body is read: it costs next to nothing
             return await reply_overloaded(send, state, model.admission)
-        body = await read_body(receive)
-        if not model.admission.enter():
-            return await reply_overloaded(send, state, model.admission)
+        json_length = None
+        for key, value in scope["headers"]:
+            if key == BINARY_HEADER:
+                try:
+                    json_length = int(value)
+                except ValueError:
+                    return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
+                                             "malformed_body")
+        need, limit = model.history_length, model.max_body_bytes
+        entered = False  # a place is taken once the body has arrived (a large JSON one: as it starts to)
         try:
-            await answer_v2(model, scope, send, state, body)
+            if offload.spools(scope, json_length):  # a large JSON body: decoded in the helper process
+                if not (entered := model.admission.enter()):
+                    return await reply_overloaded(send, state, model.admission)
+                history, wanted = await offload.decoder.decode_streamed(receive, limit, scope, need)
+            else:
+                body = await read_body(receive, limit, scope)
+                if not (entered := model.admission.enter()):
+                    return await reply_overloaded(send, state, model.admission)
+                history, wanted = await offload.decoder.decode_v2_body(body, json_length, need)
+            with metrics.predict_seconds(model.name).time():
+                forecasts = await model.forecast(history, "rest", inline=True)
+            body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
+                                                           forecasts)
+        except BodyTooLarge as exc:
+            return await reply_error(send, state, 413, str(exc), "too_large", CLOSE)
+        except InvalidInput as exc:
+            return await reply_error(send, state, 400, str(exc), reason_of(exc))
+        except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
+            logger.exception("inference failed")
+            return await reply_error(send, state, 500, internal_error(exc))
         finally:
-            model.admission.leave()
-
-
-async def answer_v2(model: PerfPredictor, scope, send, state: dict, body: bytes) -> None:
-    json_length = None
-    for key, value in scope["headers"]:
-        if key == BINARY_HEADER:
-            try:
-                json_length = int(value)
-            except ValueError:
-                return await reply_error(send, state, 400, "Inference-Header-Content-Length must be an integer",
-                                         "malformed_body")
-    try:
-        history, wanted = codec.decode_v2_body(body, json_length, model.history_length)
-        with metrics.predict_seconds(model.name).time():
-            forecasts = await model.forecast(history, "rest", inline=True)
-        body, reply_json_length = codec.encode_v2_body(wanted, model.name, model.version, model.output_names,
-                                                       forecasts)
-    except InvalidInput as exc:
-        return await reply_error(send, state, 400, str(exc), reason_of(exc))
-    except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
-        logger.exception("inference failed")
-        return await reply_error(send, state, 500, internal_error(exc))
-    state["status"] = 200
-    await reply(send, 200, body, reply_json_length)
+            if entered:
+                model.admission.leave()
+        state["status"] = 200
+        await reply(send, 200, body, reply_json_length)
 
 
 def answer_v2_infer_first(app, registry: ModelRepository) -> None:
@@ -122,6 +135,10 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
                 return await reply(send, refusal[0], refusal[1], extra_headers=refusal[2])
             if connections.draining and scope["type"] == "http" and READINESS_PATH.match(scope["path"]):
                 return await reply(send, 503, orjson.dumps({"error": "not ready: the server is shutting down"}))
+            if scope["type"] == "http" and (versioned := VERSIONED.match(scope["path"])):
+                scope = unversioned(registry, scope, versioned)
+                if scope is None:
+                    return await reply(send, 404, orjson.dumps({"error": unknown_version(versioned)}))
             if scope["type"] == "http" and scope["method"] == "POST" and (match := V2_INFER.match(scope["path"])):
                 model = served(registry, match.group(1))
                 if model is not None and model.ready:
@@ -134,7 +151,51 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     app.__class__ = V2InferFirst
 
 
-# --- every other inference request, through KServe's routes
+def unknown_version(versioned: re.Match) -> str:
+    return f"Model with name {versioned['name']} and version {versioned['version']} does not exist."
+
+
+def unversioned(registry: ModelRepository, scope, versioned: re.Match) -> Optional[dict]:
+    """The scope of the unversioned route when the path names our model at its version, else None.
+    KServe 0.21 registers the versioned routes but answers 501 with a traceback for every request."""
+    model = served(registry, versioned["name"])
+    if model is None or not model.version or versioned["version"] != model.version:
+        return None
+    path = f"/v2/models/{versioned['name']}{versioned['rest'] or ''}"
+    return dict(scope, path=path, raw_path=path.encode())
+
+
+# --- every other request, through KServe's routes
+class BodyLimitMiddleware:
+    """A POST body larger than the limit is a 413 before KServe reads it: refused on its Content-Length,
+    else read here up to the limit (never more) and handed on whole."""
+
+    def __init__(self, app, registry: ModelRepository):
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        match = MODEL_PATH.match(scope["path"])
+        try:
+            body = await read_body(receive, body_limit(self.registry, match and match.group(1)), scope)
+        except BodyTooLarge as exc:
+            note_rejection("too_large")
+            logger.info("rejected request: %s", exc)
+            return await reply(send, 413, orjson.dumps({"error": str(exc)}), extra_headers=CLOSE)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # the client's disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 class JsonContentTypeMiddleware:
     """Inference POSTs without the binary-tensor header are read as JSON."""
 
@@ -217,6 +278,23 @@ def _describe(exc: RequestValidationError) -> str:
     return "malformed request body: " + "; ".join(problems)
 
 
+async def unknown_model_handler(_request, exc: Exception) -> JSONResponse:
+    """KServe's 404 / 503 for a model it does not have or that is not ready, without the traceback its
+    own handlers log for each such request."""
+    status = 404 if isinstance(exc, ModelNotFound) else 503
+    note_rejection(REASON_OF_HTTP_STATUS.get(status))
+    logger.info("rejected request: %s", exc)
+    return JSONResponse(status_code=status, content={"error": str(exc)})
+
+
+async def http_error_handler(_request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, an unreadable body) in the protocol's
+    shape rather than FastAPI's {"detail": ...}."""
+    if exc.status_code < 500:
+        note_rejection(REASON_OF_HTTP_STATUS.get(exc.status_code))
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+
 async def validation_error_handler(_request, exc: RequestValidationError) -> JSONResponse:
     note_rejection("malformed_body")
     return JSONResponse(status_code=400, content={"error": _describe(exc)})
@@ -224,12 +302,17 @@ async def validation_error_handler(_request, exc: RequestValidationError) -> JSO
 
 def install(app, registry: ModelRepository) -> None:
     """Once per process and app. Starlette puts the last added middleware outermost: metrics see
-    everything, then content type; our models' v2 infer requests are answered before all of it."""
+    everything, then content type, then the body limit; our models' v2 infer requests are answered
+    before all of it."""
     if getattr(app, "perf_predictor_installed", False):
         return
     answer_v2_infer_first(app, registry)
+    app.add_middleware(BodyLimitMiddleware, registry=registry)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(MetricsMiddleware, registry=registry)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ModelNotFound, unknown_model_handler)
+    app.add_exception_handler(ModelNotReady, unknown_model_handler)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.perf_predictor_installed = True

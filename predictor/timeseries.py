@@ -46,9 +46,9 @@ from kserve.protocol.rest.timeseries.types import (
 
 from . import metrics
 from .admission import OVERLOAD, RETRY_AFTER_S
-from .asgi import read_body, reply
+from .asgi import CLOSE, BodyTooLarge, read_body, reply
 from .contract import HistoryLength, RequestError, check_rows, internal_error
-from .model import PerfPredictor, served
+from .model import PerfPredictor, body_limit, served
 
 logger = logging.getLogger("perf_predictor")
 
@@ -314,10 +314,12 @@ async def forecast(request: ForecastRequest, model: PerfPredictor) -> ForecastRe
     return forecast_response(request, terms, forecasts, wanted, starts)
 
 
-async def serve_forecast(registry: ModelRepository, receive, send) -> None:
-    body = await read_body(receive)
+async def serve_forecast(registry: ModelRepository, scope, receive, send) -> None:
     try:
-        document, unreadable = load_json(body), None
+        document, unreadable = load_json(await read_body(receive, body_limit(registry), scope)), None
+    except BodyTooLarge as exc:
+        with metrics.tracked("unknown", PROTOCOL, ENDPOINT) as state:
+            return await refuse(send, ForecastError("too_large", str(exc), status=413), state, CLOSE)
     except ForecastError as exc:
         document, unreadable = None, exc
     named = document.get("model") if isinstance(document, dict) else None
@@ -359,7 +361,7 @@ async def serve(registry: ModelRepository, scope, receive, send) -> None:
     path, method = scope["path"].rstrip("/"), scope["method"]
     if path == FORECAST_PATH:
         if method == "POST":
-            return await serve_forecast(registry, receive, send)
+            return await serve_forecast(registry, scope, receive, send)
         allowed = b"POST"
     elif path == MODELS_PATH or path.startswith(MODELS_PATH + "/"):
         if method == "GET":
