@@ -24,7 +24,7 @@ def v2_body(window: int) -> bytes:
 
 
 @pytest.mark.parametrize("front", ["native", "kserve"])
-def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window, front):
+def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window, card, front):
     # one place; every batch is held 1 s, so the first request holds it while the others arrive
     srv = start_server(model_dir, tmp_path / "server.log", "--max_requests_held", "1", "--max_batch_delay_ms", "1000",
                        "--grpc_front", front)
@@ -52,7 +52,7 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         # KServe's routes (v1, versioned v2) and the time-series API hold places too
         data = histories(1, window)
         for path, other in ((f"/v1/models/{MODEL_NAME}:predict", json.dumps({"instances": data.tolist()}).encode()),
-                            (f"/v2/models/{MODEL_NAME}/versions/1/infer", body),
+                            (f"/v2/models/{MODEL_NAME}/versions/{card['version']}/infer", body),
                             ("/v1/timeseries/forecast", forecast_request(data, 1).model_dump_json().encode())):
             status, reply_headers, reply = post_raw(srv, other, headers, path)
             assert (status, reply_headers.get("retry-after")) == (503, "1"), (path, reply)
