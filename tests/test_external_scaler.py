@@ -28,7 +28,7 @@ from .forecast_loop_fixtures import LoopProcess, history, loop_config  # noqa: F
 from .test_forecast_loop_e2e import direct_forecast
 
 PER_REPLICA = 20.0
-LEAD_TIME = 600  # with the fixture's data ending less than 200 s before now: the first two points count
+LEAD_TIME = 600  # the fixture's data ends less than 200 s before now: the first three points count
 CAPACITY = {"per_replica": PER_REPLICA, "min_replicas": 1, "max_replicas": 50, "lead_time": "10m"}
 
 
@@ -64,9 +64,10 @@ def ref(pb2, **metadata):
 
 
 def expected(server, stamps, series, origin_index: int, symbol: str) -> float:
-    """max of the p90 forecast over the points up to now + lead time + interval: the first two here."""
+    """max of the p90 forecast over the steps begun before now + lead time + interval (origin + 601 to
+    + 801 s here): those ending at origin + 300, + 600 and + 900, the last begun at + 600."""
     window = series[symbol][origin_index - 335: origin_index + 1][None, :]
-    return float(direct_forecast(server, window)["p90"][0, :LEAD_TIME // 300].max())
+    return float(direct_forecast(server, window)["p90"][0, :LEAD_TIME // 300 + 1].max())
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
