@@ -14,6 +14,7 @@ from __future__ import annotations
 
 OVERLOAD = "overload"  # the reason refusals are counted under
 RETRY_AFTER_S = 1
+RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header every refusal carries
 
 
 class Admission:

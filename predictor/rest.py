@@ -35,7 +35,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.rest import server as kserve_rest
 
 from . import auth, codec, connections, metrics, offload, timeseries
-from .admission import OVERLOAD, RETRY_AFTER_S, Admission
+from .admission import OVERLOAD, RETRY_AFTER, Admission
 from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
 from .contract import REASON_OF_HTTP_STATUS, internal_error, reason_of
 from .model import PerfPredictor, body_limit, served
@@ -77,8 +77,7 @@ async def reply_error(send, state: dict, status: int, message: str, reason: Opti
 async def reply_overloaded(send, state: dict, admission: Admission) -> None:
     """503 with Retry-After: the process holds as many requests as it may (admission.py)."""
     state.update(status=503, reason=OVERLOAD)
-    await reply(send, 503, orjson.dumps({"error": admission.message()}),
-                extra_headers=((b"retry-after", str(RETRY_AFTER_S).encode()),))
+    await reply(send, 503, orjson.dumps({"error": admission.message()}), extra_headers=RETRY_AFTER)
 
 
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
@@ -96,14 +95,13 @@ async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
         need, limit = model.history_length, model.max_body_bytes
         entered = False  # a place is taken once the body has arrived (a large JSON one: as it starts to)
         try:
-            if offload.spools(scope, json_length):  # a large JSON body: decoded in the helper process
-                if not (entered := model.admission.enter()):
-                    return await reply_overloaded(send, state, model.admission)
+            spooled = offload.spools(scope, json_length)  # a large JSON body: decoded in the helper process
+            body = None if spooled else await read_body(receive, limit, scope)
+            if not (entered := model.admission.enter()):
+                return await reply_overloaded(send, state, model.admission)
+            if spooled:
                 history, wanted = await offload.decoder.decode_streamed(receive, limit, scope, need)
             else:
-                body = await read_body(receive, limit, scope)
-                if not (entered := model.admission.enter()):
-                    return await reply_overloaded(send, state, model.admission)
                 history, wanted = await offload.decoder.decode_v2_body(body, json_length, need)
             with metrics.predict_seconds(model.name).time():
                 forecasts = await model.forecast(history, "rest", inline=True)

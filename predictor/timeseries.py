@@ -45,7 +45,7 @@ from kserve.protocol.rest.timeseries.types import (
 )
 
 from . import metrics
-from .admission import OVERLOAD, RETRY_AFTER_S
+from .admission import OVERLOAD, RETRY_AFTER
 from .asgi import CLOSE, BodyTooLarge, read_body, reply
 from .contract import HistoryLength, RequestError, check_rows, internal_error
 from .model import PerfPredictor, body_limit, served
@@ -342,8 +342,7 @@ async def serve_forecast(registry: ModelRepository, scope, receive, send) -> Non
             finally:
                 model.admission.leave()
         except ForecastError as exc:
-            retry = ((b"retry-after", str(RETRY_AFTER_S).encode()),) if exc.type == OVERLOAD else ()
-            return await refuse(send, exc, state, extra_headers=retry)
+            return await refuse(send, exc, state, extra_headers=RETRY_AFTER if exc.type == OVERLOAD else ())
         except Exception as exc:  # a bug of ours: the client gets a 500 in the protocol's shape
             logger.exception("time-series forecast failed")
             return await reply(send, 500, ForecastError("internal_error", internal_error(exc),
