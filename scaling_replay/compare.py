@@ -35,6 +35,7 @@ class Settings:
     # capacity.lead_time of the forecast loop's target; None: start_delay (the Recommender counts every
     # forecast step that has begun by then, so the step in progress when a new pod is ready is covered)
     lead_time: Optional[float] = None
+    calibrate: bool = True  # capacity.calibrate of the forecast loop's target
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +84,9 @@ def replay_start(window: int, step: float, settings: Settings) -> float:
 
 
 def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, window: int,
-            settings: Settings) -> SeriesResult:
-    """forecasts: [len(values), H] of `settings.quantile`, row j made at the end of bucket j (NaN: none)."""
+            settings: Settings, median: Optional[np.ndarray] = None) -> SeriesResult:
+    """forecasts: [len(values), H] of `settings.quantile`, row j made at the end of bucket j (NaN: none);
+    median: the same of the model's median (needed by settings.calibrate)."""
     start = replay_start(window, step, settings)
     end = len(values) * step
     if end <= start:
@@ -97,10 +99,11 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
                                        max_replicas=settings.hpa.max_replicas,
                                        quantile=settings.quantile, lead_time=lead_time,
                                        min_replicas=settings.hpa.min_replicas,
-                                       scale_down_window=settings.scale_down_window), settings.loop_interval)
+                                       scale_down_window=settings.scale_down_window,
+                                       calibrate=settings.calibrate), settings.loop_interval)
     reactive = replay(values, step, service, settings.hpa, start, end)
     predictive = replay(values, step, service, settings.hpa, start, end,
-                        Predictive(recommender, forecasts, settings.loop_interval))
+                        Predictive(recommender, forecasts, settings.loop_interval, median))
     sync = settings.hpa.sync_period
     return SeriesResult(name, step, start, capacity, outcome(reactive, service, sync),
                         outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive})
@@ -108,7 +111,8 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
 
 def perfect_forecasts(values: np.ndarray, window: int, horizon: int) -> np.ndarray:
     """What a perfect forecaster would say: row j holds the H buckets after bucket j (the last bucket repeated
-    past the end). A bound on what any model can do through this recommendation and this HPA."""
+    past the end). A bound on what any model can do through this recommendation and this HPA. It is its own
+    median too (every quantile of a certain future is that future), so calibration leaves it alone."""
     out = np.full((len(values), horizon), np.nan)
     padded = np.concatenate([values, np.full(horizon, values[-1])])
     rows = np.arange(window - 1, len(values))

@@ -97,11 +97,13 @@ def test_capacity_and_scaler():
     assert target.capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=1, quantile=0.9,
                                        lead_time=300.0, scale_down_window=300.0)
     assert parse(doc).scaler_listen is None, "the scaler is off unless configured"
-    doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0)
+    doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0,
+                                         calibrate=False)
     doc["scaler"] = {"listen": "0.0.0.0:9500"}
     config = parse(doc)
     assert config.targets[0].capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=0,
-                                                  quantile=0.5, lead_time=150.0, scale_down_window=0.0)
+                                                  quantile=0.5, lead_time=150.0, scale_down_window=0.0,
+                                                  calibrate=False)
     assert config.scaler_listen == ("0.0.0.0", 9500)
     assert parse(GOOD).targets[0].capacity is None
 
