@@ -9,7 +9,18 @@ it), so every point whose step begins before now + lead_time + interval counts. 
 largest `raw_load` of the last `scale_down_window` seconds (the Kubernetes HPA's scale-down
 stabilisation, pkg/controller/podautoscaler/horizontal.go `stabilizeRecommendation`: a recommendation
 counts while it is younger than the window), so a higher forecast scales up at once and a lower one
-only once it has held for the window. `desired = clamp(ceil(load / per_replica), min, max)`.
+only once it has held for the window. `desired = clamp(ceil(load / per_replica), min, max)`. The window
+defaults to 0: through KEDA the HPA already holds the largest proposal over all its triggers for its own
+scale-down stabilisation (5 minutes; horizontal.go `computeReplicasForMetrics` takes the largest metric's
+proposal, then `normalizeDesiredReplicas` stabilises that), so a window here would be stacked on it;
+set one for a consumer without that hold.
+
+A forecast trigger (KEDA external scaler or `prometheus` trigger, target per_replica) reports
+`trigger_load = desired * per_replica`, the load rounded up to whole replicas, not the load itself: the
+HPA keeps the current count while value / (target * current) is within its tolerance of 1 (0.1; kubernetes
+pkg/controller/podautoscaler/replica_calculator.go `GetExternalPerPodMetricReplicas`), so a load of 6.5
+replicas' worth at 6 replicas (ratio 1.08) would add nothing, while 7 replicas' worth (1.17) adds the one
+the recommendation asks for.
 
 With `calibrate` (the default), the quantile is calibrated live per series before the max is taken: each
 point becomes median + factor * (quantile - median), the factor kept by `Calibration` from the actuals
@@ -38,7 +49,7 @@ class Capacity:
     quantile: float = 0.9  # one of the served model's quantiles
     lead_time: float = 300.0  # pod start + warm-up, >= 0
     min_replicas: int = 1  # >= 0 (0: KEDA may scale to zero)
-    scale_down_window: float = 300.0  # a lower recommendation waits until it has held this long, >= 0
+    scale_down_window: float = 0.0  # a lower recommendation waits until it has held this long, >= 0
     calibrate: bool = True  # scale the quantile's distance above the median until its live exceedance is 1 - quantile
 
     def __post_init__(self) -> None:
@@ -132,6 +143,7 @@ class Recommendation:
     desired: np.ndarray  # [n] int: clamp(ceil(load / per_replica), min_replicas, max_replicas)
     raw_load: np.ndarray  # [n] float: this iteration's max forecast over [now, now + lead_time + interval]
     factor: np.ndarray  # [n] float: the calibration factor used (1: the model's own quantile, or no calibration)
+    trigger_load: np.ndarray  # [n] float: desired * per_replica, what a forecast trigger reports (see Capacity)
 
 
 class Recommender:
@@ -190,7 +202,9 @@ class Recommender:
             load[i] = max(value for _, value in history)
         for key in [k for k, h in self._history.items() if h[-1][0] <= cutoff]:
             del self._history[key]
-        return Recommendation(load=load, desired=self.capacity.replicas(load), raw_load=raw, factor=factor)
+        desired = self.capacity.replicas(load)
+        return Recommendation(load=load, desired=desired, raw_load=raw, factor=factor,
+                              trigger_load=desired * self.capacity.per_replica)
 
     def _calibrated(self, now, origin, step, keys, forecast, median, actual, points, factor) -> np.ndarray:
         if median is None or actual is None:

@@ -15,7 +15,7 @@ on one. A new per-target block is one more entry in `_target()`.
       - {name, query, step: 5m, max_series: 100,
          thresholds?: {quantile?, warning?: {above|below: N}, critical?: {above|below: N}},
          capacity?: {per_replica, max_replicas, min_replicas: 1, quantile: 0.9, lead_time: 5m,
-                     scale_down_window: 5m, calibrate: true}}
+                     scale_down_window: 0, calibrate: true}}
 """
 from __future__ import annotations
 
@@ -255,7 +255,7 @@ def _capacity(section: _Section) -> Capacity:
         max_replicas=maximum, min_replicas=minimum,
         quantile=quantile,
         lead_time=section.get("lead_time", _non_negative_duration, 300.0),
-        scale_down_window=section.get("scale_down_window", _non_negative_duration, 300.0),
+        scale_down_window=section.get("scale_down_window", _non_negative_duration, 0.0),
         calibrate=calibrate,
     )
 

@@ -31,7 +31,7 @@ class Settings:
     hpa: HPASettings = field(default_factory=HPASettings)
     quantile: float = 0.9  # capacity.quantile of the forecast loop's target
     loop_interval: float = 60.0  # the forecast loop's interval
-    scale_down_window: float = 300.0  # capacity.scale_down_window of the forecast loop's target
+    scale_down_window: float = 0.0  # capacity.scale_down_window of the forecast loop's target
     # capacity.lead_time of the forecast loop's target; None: start_delay (the Recommender counts every
     # forecast step that has begun by then, so the step in progress when a new pod is ready is covered)
     lead_time: Optional[float] = None
@@ -50,6 +50,7 @@ class SeriesResult:
     reactive: Outcome
     predictive: Outcome
     trajectories: dict  # policy -> Trajectory
+    calibration: Optional[dict] = None  # the predictive recommendation's live calibration at the end
 
     @property
     def overload_reduction(self) -> float:
@@ -74,7 +75,8 @@ class SeriesResult:
                 "replayed_minutes": self.reactive.minutes, "reactive": self.reactive.as_dict(),
                 "predictive": self.predictive.as_dict(),
                 "overload_reduction": None if math.isnan(reduction) else reduction,
-                "replica_hours_ratio": self.replica_hours_ratio, "target_met": self.target_met}
+                "replica_hours_ratio": self.replica_hours_ratio, "target_met": self.target_met,
+                "calibration": self.calibration}
 
 
 def replay_start(window: int, step: float, settings: Settings) -> float:
@@ -105,8 +107,13 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
     predictive = replay(values, step, service, settings.hpa, start, end,
                         Predictive(recommender, forecasts, settings.loop_interval, median))
     sync = settings.hpa.sync_period
+    state = recommender.calibration("series")
+    calibration = None if state is None else {
+        "outcomes": state.outcomes, "factor": state.factor,
+        "exceedance": state.exceeded / state.outcomes if state.outcomes else None}
     return SeriesResult(name, step, start, capacity, outcome(reactive, service, sync),
-                        outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive})
+                        outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive},
+                        calibration)
 
 
 def perfect_forecasts(values: np.ndarray, window: int, horizon: int) -> np.ndarray:

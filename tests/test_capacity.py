@@ -224,3 +224,19 @@ def test_calibration_is_on_by_default_and_needs_a_quantile_above_the_median():
     with pytest.raises(ValueError, match="calibrate needs a quantile above the median"):
         Capacity(per_replica=1.0, max_replicas=3, quantile=0.5)
     assert Capacity(per_replica=1.0, max_replicas=3, quantile=0.5, calibrate=False).quantile == 0.5
+
+
+@pytest.mark.parametrize("load, per_replica, lo, hi, trigger", [
+    (6.5, 1.0, 1, 10, 7.0),      # 6.5 replicas' worth: the trigger reports 7 whole replicas
+    (130.0, 20.0, 1, 10, 140.0),
+    (999.0, 20.0, 1, 10, 200.0),  # clamped like desired
+    (0.0, 20.0, 2, 10, 40.0),     # the floor too
+    (0.0, 20.0, 0, 10, 0.0),
+])
+def test_the_trigger_reports_the_recommendation_in_whole_replicas(load, per_replica, lo, hi, trigger):
+    # the HPA's AverageValue rule on it gives back `desired`, and its tolerance (|value / (target * current)
+    # - 1| <= 0.1 keeps current; kubernetes replica_calculator.go) compares desired / current replicas
+    r = rec(Capacity(calibrate=False, per_replica=per_replica, min_replicas=lo, max_replicas=hi))
+    out = r.update(0.0, 0.0, STEP, ["k"], np.array([[load]]))
+    assert out.trigger_load.tolist() == [trigger]
+    assert out.trigger_load[0] / per_replica == out.desired[0]

@@ -70,6 +70,11 @@ def expected(server, stamps, series, origin_index: int, symbol: str) -> float:
     return float(direct_forecast(server, window)["p90"][0, :LEAD_TIME // 300 + 1].max())
 
 
+def whole_replicas(load: float) -> float:
+    """What the trigger reports for a forecast load: the recommendation (clamped to 1..50) * per_replica."""
+    return min(50, max(1, math.ceil(load / PER_REPLICA))) * PER_REPLICA
+
+
 def code_of(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as exc:
         call()
@@ -99,19 +104,22 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
             served[symbol] = value.metricValueFloat
             assert value.metricName == metric.metricName
             want = expected(server, history["stamps"], history["series"], i, symbol)
-            assert value.metricValueFloat == pytest.approx(want, rel=1e-6)
             published = loop.value("perf_predictor_desired_replicas_load", target="tweets", symbol=symbol)
             desired = loop.value("perf_predictor_desired_replicas", target="tweets", symbol=symbol)
-            assert published == pytest.approx(value.metricValueFloat, rel=1e-12)
-            # the HPA's AverageValue rule on KEDA's metric arrives at the published recommendation
-            assert desired == min(50, max(1, math.ceil(value.metricValueFloat / metric.targetSizeFloat)))
+            assert published == pytest.approx(want, rel=1e-6)
+            assert desired == min(50, max(1, math.ceil(want / PER_REPLICA)))
+            # the trigger reports the recommendation in whole replicas: the HPA's AverageValue rule on it,
+            # ceil(value / target), is the published recommendation, and its tolerance compares whole replicas
+            assert value.metricValueFloat == desired * PER_REPLICA
+            # the calibration starts from the model's own quantile (no outcome yet: no step has ended since)
+            assert loop.value("perf_predictor_desired_replicas_calibration", target="tweets", symbol=symbol) == 1.0
             assert stub.IsActive(ref(pb2, target="tweets", symbol=symbol), timeout=10).result is True
 
         # the other trigger style: KEDA's `prometheus` trigger with the chart's query on the scraped series
         prom.reload("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
                     f"scrape_configs:\n  - job_name: forecast-loop\n    honor_labels: true\n"
                     f"    static_configs: [{{targets: ['{loop.target}']}}]\n")
-        (row,) = prom.wait_for('max(perf_predictor_desired_replicas_load{target="tweets",symbol="AAPL"})',
+        (row,) = prom.wait_for(f'max(perf_predictor_desired_replicas{{target="tweets",symbol="AAPL"}}) * {PER_REPLICA}',
                                what="(scrape of the recommendation)")
         assert float(row["value"][1]) == pytest.approx(served["AAPL"], rel=1e-9)
 
@@ -169,14 +177,14 @@ def test_no_recommendation_from_a_stale_forecast(history, server, keda):
         code, details = code_of(lambda: stub.GetMetrics(request, timeout=10))
         assert code == grpc.StatusCode.UNAVAILABLE and "no forecast yet" in details
         loop.run_once()
-        want = expected(server, stamps, series, first, "AMZN")
-        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == pytest.approx(want, rel=1e-6)
+        want = whole_replicas(expected(server, stamps, series, first, "AMZN"))
+        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == want
 
         clock["now"] += 3 * config.interval + 1
         code, details = code_of(lambda: stub.GetMetrics(request, timeout=10))
         assert code == grpc.StatusCode.UNAVAILABLE and "more than 3 intervals" in details
         loop.run_once()  # same window, fresh again
-        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == pytest.approx(want, rel=1e-6)
+        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == want
         assert 'perf_predictor_desired_replicas{symbol="AMZN",target="tweets"}' in loop.metrics.exposition().decode()
 
         clock["now"] = float(stamps[-1]) + 3600  # every series has stopped: no_series, then stale
@@ -211,7 +219,8 @@ def test_stream_pushes_a_change_after_an_iteration(history, server, keda):
         view = loop.metrics.views["tweets"]
         forecasts = view.forecasts
         zero = loop.states["tweets"].recommender.update(clock["now"] + 600, forecasts.origin + 600, 300.0,
-                                                        [(("symbol", "AAPL"),), (("symbol", "AMZN"),)], np.zeros((2, 12)))
+                                                        [(("symbol", "AAPL"),), (("symbol", "AMZN"),)], np.zeros((2, 12)),
+                                                        np.zeros((2, 12)), np.zeros((2, 1)))
         assert zero.desired.tolist() == [0, 0]
         clock["now"] += 600
         view.last_success = clock["now"]

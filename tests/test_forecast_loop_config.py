@@ -95,7 +95,7 @@ def test_capacity_and_scaler():
     doc = with_change("targets.0.capacity", {"per_replica": 250, "max_replicas": 20})
     (target,) = parse(doc).targets
     assert target.capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=1, quantile=0.9,
-                                       lead_time=300.0, scale_down_window=300.0)
+                                       lead_time=300.0, scale_down_window=0.0, calibrate=True)
     assert parse(doc).scaler_listen is None, "the scaler is off unless configured"
     doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0,
                                          calibrate=False)

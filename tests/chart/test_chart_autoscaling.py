@@ -64,7 +64,10 @@ def test_replica_bounds_and_threshold_come_from_capacity(case):
         assert meta["serverAddress"] == loop_config(objs).prometheus.url
         # ignoreNullValues defaults to true (an empty answer is 0); false makes a withdrawn forecast a failure
         assert meta["ignoreNullValues"] == "false"
-        assert meta["query"] == 'max(perf_predictor_desired_replicas_load{target="api-requests",service="api"})'
+        # the recommendation in whole replicas times the threshold: ceil(value / threshold) = desired, and the
+        # HPA's tolerance compares desired / current (kubernetes replica_calculator.go GetExternalPerPodMetricReplicas)
+        assert meta["query"] == (f'max(perf_predictor_desired_replicas{{target="api-requests",service="api"}}) * '
+                                 f'{meta["threshold"]}')
         assert set(re.findall(r"perf_predictor_[a-z_]+", meta["query"])) <= published_names()
         assert reactive["type"] == "prometheus" and float(reactive["metadata"]["threshold"]) == capacity.per_replica
     else:
