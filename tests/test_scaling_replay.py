@@ -151,6 +151,8 @@ def test_replay_command_on_a_slice_of_nab_tweets_with_the_real_predictor(model_d
     # the forecast trigger only adds replicas on top of the reactive floor
     assert row["predictive"]["replica_hours"] >= row["reactive"]["replica_hours"]
     assert document["model"]["window"] == 336 and (out / "Twitter_volume_GOOG.png").stat().st_size > 10_000
+    chart = (out / "Twitter_volume_GOOG.mermaid.md").read_text()  # parsed by Mermaid in test_markdown_charts.py
+    assert chart.startswith("```mermaid\n") and chart.count("\n    line [") == 3
 
 
 def test_perfect_forecasts_are_the_buckets_after_each_origin():
