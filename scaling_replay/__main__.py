@@ -1,5 +1,6 @@
 """`python -m scaling_replay --model-dir DIR --out OUT`: replay real demand under reactive and predictive
-autoscaling; writes OUT/results.json and OUT/<series>.png (demand, ready capacity of both policies)."""
+autoscaling; writes OUT/results.json, OUT/<series>.png (demand, ready capacity of both policies) and
+OUT/<series>.mermaid.md (the worst day as a Mermaid chart for Markdown pages)."""
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
             row = {**result.as_dict(), "forecast_seconds": round(t1 - t0, 2), "replay_seconds": round(t2 - t1, 2)}
             if not args.no_plots:
                 from .plot import write_png
+                from .mermaid import chart
                 row["plot"] = write_png(result, args.out / f"{s.name}.png").name
+                (args.out / f"{s.name}.mermaid.md").write_text(chart(result) + "\n")
             results.append(row)
             log(summary_line(row))
     document = {

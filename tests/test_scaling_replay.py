@@ -155,6 +155,8 @@ def test_replay_command_on_a_slice_of_nab_tweets_with_the_real_predictor(model_d
     assert 250 <= calibration["outcomes"] <= 288 and 0 <= calibration["exceedance"] <= 1
     assert 0.2 <= calibration["factor"] <= 5 and calibration["factor"] != 1.0
     assert document["model"]["window"] == 336 and (out / "Twitter_volume_GOOG.png").stat().st_size > 10_000
+    chart = (out / "Twitter_volume_GOOG.mermaid.md").read_text()  # parsed by Mermaid in test_markdown_charts.py
+    assert chart.startswith("```mermaid\n") and chart.count("\n    line [") == 3
 
 
 def test_perfect_forecasts_are_the_buckets_after_each_origin():
