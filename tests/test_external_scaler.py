@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from forecast_loop.capacity import Calibration
 from forecast_loop.config import parse
 from forecast_loop.external_scaler import serve
 from forecast_loop.loop import ForecastLoop
@@ -249,3 +251,37 @@ def test_a_taken_scaler_port_is_a_clear_start_error(tmp_path):
                               timeout=60)
     assert done.returncode == 2, done.stderr
     assert f"error: cannot listen on 127.0.0.1:{port} for the KEDA external scaler" in done.stderr
+
+
+def test_the_loop_calibrates_the_quantile_on_the_actuals_that_follow(history, server):
+    """In-process, on a clock that walks one step per iteration over the fixture's data: the loop scores
+    each recommendation's points once their steps have ended (from the windows it reads anyway), and the
+    factor it publishes is the definition's (forecast_loop.capacity.Calibration), recomputed here from
+    direct v2 forecasts of the same windows."""
+    config = parse(scaler_config(history["prometheus"].url, server.http_url))
+    stamps, amzn = history["stamps"], history["series"]["AMZN"]
+    first = len(stamps) - 200
+    clock = {"now": float(stamps[first]) + 10}
+    loop = ForecastLoop(config, clock=lambda: clock["now"])
+    points = LEAD_TIME // 300 + 1  # now = origin + 10 s, interval 1 s: the steps begun by origin + 611 s
+    factor, pending, factors = 1.0, {}, []
+    for i in range(first, first + 8):
+        for origin in sorted(o for o in pending if o + points <= i):  # every step it used has ended
+            exceeded = np.mean(amzn[origin + 1: origin + 1 + points] > pending.pop(origin))
+            factor = min(Calibration.FACTOR_MAX, max(Calibration.FACTOR_MIN,
+                                                     factor * math.exp(Calibration.GAMMA * (exceeded - 0.1))))
+        forecast = direct_forecast(server, amzn[i - 335: i + 1][None, :])
+        median, upper = forecast["p50"][0, :points], forecast["p90"][0, :points]
+        pending[i] = median + factor * (upper - median)
+        clock["now"] = float(stamps[i]) + 10
+        loop.run_once()
+        shown = loop.metrics.views["tweets"].forecasts
+        row = [labels.get("symbol") for labels in shown.labels].index("AMZN")
+        assert shown.recommendation.factor[row] == pytest.approx(factor, rel=1e-9)
+        assert shown.recommendation.raw_load[row] == pytest.approx(pending[i].max(), rel=1e-6)
+        factors.append(factor)
+    state = loop.states["tweets"].recommender.calibration((("symbol", "AMZN"),))
+    assert state.outcomes == 8 - points and factors[points] != 1.0  # scored from the 4th origin on
+    published = re.search(r'^perf_predictor_desired_replicas_calibration\{symbol="AMZN",target="tweets"\} (\S+)$',
+                          loop.metrics.exposition().decode(), re.M)
+    assert published and float(published.group(1)) == pytest.approx(factors[-1], rel=1e-9)

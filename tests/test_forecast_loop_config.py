@@ -82,6 +82,11 @@ def with_change(path: str, value) -> dict:
      "targets[0].capacity.scale_down_window: must be a duration >= 0"),
     ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "lead": "5m"},
      "targets[0].capacity.lead: unknown key"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "calibrate": "yes"},
+     "targets[0].capacity.calibrate: must be true or false, got 'yes'"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "quantile": 0.5},
+     "targets[0].capacity.calibrate: needs quantile above 0.5 (it scales the distance above the median), got "
+     "quantile 0.5; set calibrate: false"),
     ("scaler", {"listen": "9500"}, "scaler.listen: must be host:port"),
     ("scaler", {"port": 9500}, "scaler.port: unknown key"),
 ])
