@@ -142,6 +142,12 @@ def test_forecast_only_mode_renders_no_scaled_object():
     assert values["forecastLoop"]["autoscaling"][0]["enabled"] is False
 
 
+def test_calibrate_passes_the_schema_and_reaches_the_loops_config():
+    target = '[{"name": "a", "query": "up", "capacity": {"per_replica": 10, "max_replicas": 5, "calibrate": false}}]'
+    objs = objects("--set", "forecastLoop.enabled=true", "--set-json", f"forecastLoop.targets={target}")
+    assert loop_config(objs).targets[0].capacity.calibrate is False
+
+
 def test_dashboard_plots_recommended_against_actual_replicas():
     objs = objects("-f", str(CI_DIR / "forecast-loop-values.yaml"))
     dashboard = json.loads(objs[("ConfigMap", f"{LOOP}-dashboard")]["data"]["perf-predictor-forecasts.json"])
@@ -199,6 +205,7 @@ def test_bad_autoscaling_values_are_refused(helm, case):
     ('{"max_replicas": 5}', r"(?i)per_replica"),
     ('{"per_replica": 0, "max_replicas": 5}', r"(?i)per_replica"),
     ('{"per_replica": 1, "max_replicas": 5, "lead": "5m"}', r"(?i)additional propert.*lead"),
+    ('{"per_replica": 1, "max_replicas": 5, "calibrate": "yes"}', r"(?i)calibrate.*(boolean|got string)"),
     ('{"per_replica": 1, "max_replicas": 2, "min_replicas": 3}',
      r"targets\[0\].capacity.max_replicas: must be >= min_replicas \(3\), got 2"),
 ])
