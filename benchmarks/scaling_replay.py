@@ -5,7 +5,8 @@
 Three forecast sources through the same recommendation and HPA (`python -m scaling_replay`, one
 configuration for every series, its defaults):
 - `default`: the model `python -m training --out DIR` trains by default (the built-in synthetic
-  workload, so none of the replayed series is in its training data);
+  workload, so none of the replayed series is in its training data); also without the live calibration
+  (`default-uncalibrated`), to show what the calibration changes;
 - `leave-series-out`: two models trained with `python -m training --data ...` on real NAB series: each
   on the NAB series that are not demand (CPU, disk write, ASG) plus half of the demand series, and each
   replaying only the other half, so no series is replayed by a model that saw it;
@@ -53,14 +54,15 @@ def folds() -> list[tuple[list[Path], list[Path]]]:
     return [(halves[0], halves[1] + others), (halves[1], halves[0] + others)]
 
 
-def replay(out: Path, files: list[Path], model_dir: Path | None) -> dict:
-    argv = ["--out", str(out)] + [a for f in files for a in ("--data", str(f))]
+def replay(out: Path, files: list[Path], model_dir: Path | None, *extra: str) -> dict:
+    argv = ["--out", str(out), *extra] + [a for f in files for a in ("--data", str(f))]
     argv += ["--model-dir", str(model_dir)] if model_dir else ["--perfect-forecast"]
     return replay_cli.run(replay_cli.build_parser().parse_args(argv))
 
 
 SOURCES = {  # results key: heading
     "default": "the default model (trained on the built-in synthetic workload)",
+    "default-uncalibrated": "the default model without the live calibration (`--no-calibrate`)",
     "leave-series-out": "leave-series-out models (trained on NAB, never on the series they replay)",
     "perfect": "a perfect forecast (the actual future): the bound through this recommendation and HPA",
 }
@@ -81,7 +83,8 @@ def render(document: dict, level: int = 2) -> str:
              f"{st['rate_window']:g}-s rate scraped {st['scrape_lag']:g} s late; HPA sync "
              f"{st['hpa']['sync_period']:g} s, tolerance {st['hpa']['tolerance']:g}, scale-down stabilisation "
              f"{st['hpa']['downscale_stabilization']:g} s; forecast trigger: the recommendation at quantile "
-             f"{st['quantile']:g}, per_replica = one replica's capacity, lead time = pod start, loop "
+             f"{st['quantile']:g} ({'calibrated live per series' if st.get('calibrate') else 'as the model gives it'}"
+             f"), reported in whole replicas, per_replica = one replica's capacity, lead time = pod start, loop "
              f"interval {st['loop_interval']:g} s, scale-down window {st['scale_down_window']:g} s. "
              f"Capacity per replica: {st['capacity_rule']}. Target: at least 50% fewer overloaded minutes "
              "with at most 10% more replica-hours."]
@@ -115,7 +118,10 @@ def main() -> int:
     started = time.monotonic()
     load_start = os.getloadavg()
     sources = {}
-    sources["default"] = replay(args.out / "default", demand.default_files(), train(MODELS / "default", []))
+    default_model = train(MODELS / "default", [])
+    sources["default"] = replay(args.out / "default", demand.default_files(), default_model)
+    sources["default-uncalibrated"] = replay(args.out / "default-uncalibrated", demand.default_files(), default_model,
+                                             "--no-calibrate")
     fold_docs = []
     for i, (replayed, trained_on) in enumerate(folds()):
         model = train(MODELS / f"fold-{i}", trained_on)

@@ -15,7 +15,7 @@ on one. A new per-target block is one more entry in `_target()`.
       - {name, query, step: 5m, max_series: 100,
          thresholds?: {quantile?, warning?: {above|below: N}, critical?: {above|below: N}},
          capacity?: {per_replica, max_replicas, min_replicas: 1, quantile: 0.9, lead_time: 5m,
-                     scale_down_window: 5m}}
+                     scale_down_window: 0, calibrate: true}}
 """
 from __future__ import annotations
 
@@ -230,7 +230,14 @@ def _thresholds(section: _Section) -> Thresholds:
     return Thresholds(section.get("quantile", _quantile, None), tuple(levels))
 
 
-CAPACITY_KEYS = ("per_replica", "max_replicas", "min_replicas", "quantile", "lead_time", "scale_down_window")
+CAPACITY_KEYS = ("per_replica", "max_replicas", "min_replicas", "quantile", "lead_time", "scale_down_window",
+                 "calibrate")
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
 
 
 def _capacity(section: _Section) -> Capacity:
@@ -238,12 +245,18 @@ def _capacity(section: _Section) -> Capacity:
     maximum = section.get("max_replicas", _positive_int)
     if maximum < minimum:
         raise section.error(f"must be >= min_replicas ({minimum}), got {maximum}", "max_replicas")
+    quantile = section.get("quantile", _quantile, 0.9)
+    calibrate = section.get("calibrate", _bool, True)
+    if calibrate and not quantile > 0.5:
+        raise section.error(f"needs quantile above 0.5 (it scales the distance above the median), got quantile "
+                            f"{quantile:g}; set calibrate: false", "calibrate")
     return Capacity(
         per_replica=section.get("per_replica", _positive_number),
         max_replicas=maximum, min_replicas=minimum,
-        quantile=section.get("quantile", _quantile, 0.9),
+        quantile=quantile,
         lead_time=section.get("lead_time", _non_negative_duration, 300.0),
-        scale_down_window=section.get("scale_down_window", _non_negative_duration, 300.0),
+        scale_down_window=section.get("scale_down_window", _non_negative_duration, 0.0),
+        calibrate=calibrate,
     )
 
 

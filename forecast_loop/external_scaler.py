@@ -11,8 +11,10 @@ that must leave exactly one of the target's series.
 
 - GetMetricSpec: one metric, `targetSizeFloat` = `capacity.per_replica`. It needs no forecast, so KEDA
   can build its HPA while the loop is still warming up.
-- GetMetrics: `metricValueFloat` = the recommendation's load, so the HPA's AverageValue rule,
-  ceil(value / target), arrives at `perf_predictor_desired_replicas` (KEDA passes values with 3 decimals,
+- GetMetrics: `metricValueFloat` = `perf_predictor_desired_replicas` * per_replica (the recommendation's
+  load rounded up to whole replicas, `Recommendation.trigger_load`), so the HPA's AverageValue rule,
+  ceil(value / target), arrives at the recommendation, and its tolerance compares desired / current
+  replicas rather than a fraction of one replica (KEDA passes values with 3 decimals,
   `quantityFromFloat64` in pkg/scalers/scaler.go, and reads `metricValue` instead when the float is 0).
 - IsActive: desired > 0 or load > 0. StreamIsActive: the same, sent at once and then whenever it
   changes, checked after every iteration of the loop.
@@ -112,7 +114,7 @@ class Scaler:
         return state, matchers
 
     def recommendation(self, ref) -> tuple[float, int]:
-        """(load, desired) of the one series `ref` selects; raises ScalerError."""
+        """(trigger_load, desired) of the one series `ref` selects; raises ScalerError."""
         state, matchers = self._target(ref)
         name = state.target.name
         view = self.loop.metrics.views[name]
@@ -137,7 +139,7 @@ class Scaler:
             raise ScalerError(grpc.StatusCode.INVALID_ARGUMENT, f"{len(rows)} series of target {name!r} match "
                               f"{matchers}; select one with scalerMetadata labels ({', '.join(differ)})")
         rec = forecasts.recommendation
-        return max(0.0, float(rec.load[rows[0]])), int(rec.desired[rows[0]])
+        return max(0.0, float(rec.trigger_load[rows[0]])), int(rec.desired[rows[0]])
 
     def is_active(self, ref) -> bool:
         load, desired = self.recommendation(ref)

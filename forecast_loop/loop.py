@@ -7,7 +7,8 @@ stale: its forecasts are withdrawn from /metrics and `perf_predictor_forecast_st
 
 A target with `capacity` has a `Recommender` fed with every fresh forecast at the capacity's quantile;
 its recommendation is part of the published forecasts, so it is withdrawn with them when they go stale
-and is never computed from an old forecast.
+and is never computed from an old forecast. The windows read for the forecast also carry the actuals
+that score earlier recommendations (the capacity's live calibration).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class TargetState:
     spec: Optional[ModelSpec] = field(default=None, repr=False)
     recommender: Optional[Recommender] = None
     capacity_index: int = 0  # the capacity quantile's row in the model's outputs
+    median_index: int = 0  # the model's quantile nearest 0.5 (accuracy's median, calibration's centre)
 
 
 class ForecastLoop:
@@ -121,6 +123,12 @@ class ForecastLoop:
                                   f"one of the model's {', '.join(map(quantile_label, spec.quantiles))}")
             state.capacity_index = spec.quantiles.index(target.capacity.quantile)
         median = int(np.argmin(np.abs(np.asarray(spec.quantiles) - 0.5)))
+        if target.capacity is not None and target.capacity.calibrate and \
+                not spec.quantiles[median] < target.capacity.quantile:
+            raise TargetError("quantile_not_served", f"capacity.calibrate needs a model quantile nearer the median "
+                              f"than capacity.quantile {target.capacity.quantile:g} (the model serves "
+                              f"{', '.join(map(quantile_label, spec.quantiles))})")
+        state.median_index = median
         state.accuracy = LiveAccuracy(int(target.step), spec.horizon, self.config.accuracy_window, median)
         state.horizons, state.thresholds, state.spec = tuple(horizons), tuple(lines), spec
         self.metrics.views[target.name].thresholds = state.thresholds
@@ -175,7 +183,8 @@ class ForecastLoop:
             recommendation = None
             if state.recommender is not None:
                 recommendation = state.recommender.update(now, end, state.target.step, windows.keys,
-                                                          mine[state.capacity_index])
+                                                          mine[state.capacity_index], mine[state.median_index],
+                                                          windows.values)
             view.show(Forecasts(
                 labels=[series_labels(name, key) for key in windows.keys], values=mine,
                 quantiles=tuple(quantile_label(q) for q in spec.quantiles), horizons=state.horizons, origin=end,

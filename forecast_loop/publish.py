@@ -37,6 +37,8 @@ FORECAST_FAMILIES = {
     "perf_predictor_forecast_actual": "The series' value at the origin: the last point read.",
     "perf_predictor_desired_replicas": "Replicas the forecast load needs a lead time ahead (target capacity).",
     "perf_predictor_desired_replicas_load": "The forecast load behind perf_predictor_desired_replicas.",
+    "perf_predictor_desired_replicas_calibration": "Factor on the capacity quantile's distance above the median, "
+                                                   "calibrated live (1: the model's own quantile).",
 }
 
 
@@ -96,10 +98,13 @@ def render(f: Forecasts) -> dict[str, str]:
             low.append(f"perf_predictor_forecast_min{{{at}}} {lows[qi][i]!r}")
     if f.recommendation is not None:
         desired, load = f.recommendation.desired.tolist(), f.recommendation.load.tolist()
+        factor = f.recommendation.factor.tolist()
         for i, base in enumerate(bases):
             lines["perf_predictor_desired_replicas"].append(f"perf_predictor_desired_replicas{{{base}}} {desired[i]}")
             lines["perf_predictor_desired_replicas_load"].append(
                 f"perf_predictor_desired_replicas_load{{{base}}} {load[i]!r}")
+            lines["perf_predictor_desired_replicas_calibration"].append(
+                f"perf_predictor_desired_replicas_calibration{{{base}}} {factor[i]!r}")
     return {name: "".join(line + "\n" for line in family) for name, family in lines.items()}
 
 

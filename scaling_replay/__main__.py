@@ -60,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "start delay)")
     p.add_argument("--scale-down-window", type=float, default=d.scale_down_window,
                    help="the recommendation's scale-down window, seconds")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="the model's own quantile, without the recommendation's live calibration")
     return p
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
     settings = Settings(start_delay=args.start_delay, target_utilisation=args.target_utilisation,
                         quantile=args.quantile, loop_interval=args.loop_interval,
-                        scale_down_window=args.scale_down_window, lead_time=args.lead_time, hpa=HPASettings())
+                        scale_down_window=args.scale_down_window, lead_time=args.lead_time,
+                        calibrate=args.calibrate, hpa=HPASettings())
     series = demand.load(args.data or demand.default_files())
     args.out.mkdir(parents=True, exist_ok=True)
     serving = ServedModel(args.model_dir) if args.model_dir else nullcontext()
@@ -86,10 +89,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 log(f"{s.name}: {len(values)} points, not more than the model's window {spec.window}: skipped")
                 continue
             t0 = time.monotonic()
-            forecasts = perfect_forecasts(values, spec.window, spec.horizon) if model is None else \
-                origin_forecasts(model, spec, values, settings.quantile)
+            if model is None:
+                forecasts = median = perfect_forecasts(values, spec.window, spec.horizon)
+            else:
+                forecasts, median = origin_forecasts(model, spec, values, settings.quantile)
             t1 = time.monotonic()
-            result = compare(s.name, values, s.step_seconds, forecasts, spec.window, settings)
+            result = compare(s.name, values, s.step_seconds, forecasts, spec.window, settings, median)
             t2 = time.monotonic()
             row = {**result.as_dict(), "forecast_seconds": round(t1 - t0, 2), "replay_seconds": round(t2 - t1, 2)}
             if not args.no_plots:

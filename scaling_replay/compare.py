@@ -31,10 +31,11 @@ class Settings:
     hpa: HPASettings = field(default_factory=HPASettings)
     quantile: float = 0.9  # capacity.quantile of the forecast loop's target
     loop_interval: float = 60.0  # the forecast loop's interval
-    scale_down_window: float = 300.0  # capacity.scale_down_window of the forecast loop's target
+    scale_down_window: float = 0.0  # capacity.scale_down_window of the forecast loop's target
     # capacity.lead_time of the forecast loop's target; None: start_delay (the Recommender counts every
     # forecast step that has begun by then, so the step in progress when a new pod is ready is covered)
     lead_time: Optional[float] = None
+    calibrate: bool = True  # capacity.calibrate of the forecast loop's target
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +50,7 @@ class SeriesResult:
     reactive: Outcome
     predictive: Outcome
     trajectories: dict  # policy -> Trajectory
+    calibration: Optional[dict] = None  # the predictive recommendation's live calibration at the end
 
     @property
     def overload_reduction(self) -> float:
@@ -73,7 +75,8 @@ class SeriesResult:
                 "replayed_minutes": self.reactive.minutes, "reactive": self.reactive.as_dict(),
                 "predictive": self.predictive.as_dict(),
                 "overload_reduction": None if math.isnan(reduction) else reduction,
-                "replica_hours_ratio": self.replica_hours_ratio, "target_met": self.target_met}
+                "replica_hours_ratio": self.replica_hours_ratio, "target_met": self.target_met,
+                "calibration": self.calibration}
 
 
 def replay_start(window: int, step: float, settings: Settings) -> float:
@@ -83,8 +86,9 @@ def replay_start(window: int, step: float, settings: Settings) -> float:
 
 
 def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, window: int,
-            settings: Settings) -> SeriesResult:
-    """forecasts: [len(values), H] of `settings.quantile`, row j made at the end of bucket j (NaN: none)."""
+            settings: Settings, median: Optional[np.ndarray] = None) -> SeriesResult:
+    """forecasts: [len(values), H] of `settings.quantile`, row j made at the end of bucket j (NaN: none);
+    median: the same of the model's median (needed by settings.calibrate)."""
     start = replay_start(window, step, settings)
     end = len(values) * step
     if end <= start:
@@ -97,18 +101,25 @@ def compare(name: str, values: np.ndarray, step: float, forecasts: np.ndarray, w
                                        max_replicas=settings.hpa.max_replicas,
                                        quantile=settings.quantile, lead_time=lead_time,
                                        min_replicas=settings.hpa.min_replicas,
-                                       scale_down_window=settings.scale_down_window), settings.loop_interval)
+                                       scale_down_window=settings.scale_down_window,
+                                       calibrate=settings.calibrate), settings.loop_interval)
     reactive = replay(values, step, service, settings.hpa, start, end)
     predictive = replay(values, step, service, settings.hpa, start, end,
-                        Predictive(recommender, forecasts, settings.loop_interval))
+                        Predictive(recommender, forecasts, settings.loop_interval, median))
     sync = settings.hpa.sync_period
+    state = recommender.calibration("series")
+    calibration = None if state is None else {
+        "outcomes": state.outcomes, "factor": state.factor,
+        "exceedance": state.exceeded / state.outcomes if state.outcomes else None}
     return SeriesResult(name, step, start, capacity, outcome(reactive, service, sync),
-                        outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive})
+                        outcome(predictive, service, sync), {"reactive": reactive, "predictive": predictive},
+                        calibration)
 
 
 def perfect_forecasts(values: np.ndarray, window: int, horizon: int) -> np.ndarray:
     """What a perfect forecaster would say: row j holds the H buckets after bucket j (the last bucket repeated
-    past the end). A bound on what any model can do through this recommendation and this HPA."""
+    past the end). A bound on what any model can do through this recommendation and this HPA. It is its own
+    median too (every quantile of a certain future is that future), so calibration leaves it alone."""
     out = np.full((len(values), horizon), np.nan)
     padded = np.concatenate([values, np.full(horizon, values[-1])])
     rows = np.arange(window - 1, len(values))

@@ -11,9 +11,11 @@ Both policies run the same HPA (`hpa.HPA`, 15 s sync, tolerance 0.1, 5-minute sc
   every `scrape_lag` seconds: the mean demand over [t - scrape_lag - rate_window, t - scrape_lag], with the
   AverageValue target `target_utilisation * capacity`;
 - predictive: the same metric plus the forecast loop's recommendation (`forecast_loop.capacity.Recommender`,
-  updated every loop interval from the buckets complete `scrape_lag` seconds before) as a second metric
-  with target `per_replica` (KEDA external scaler: metricValueFloat = load, targetSizeFloat =
-  per_replica); the HPA takes the larger, so reactive scaling is the floor.
+  updated every loop interval from the buckets complete `scrape_lag` seconds before, which also score its
+  earlier recommendations for calibration, as the loop's windows do) as a second metric
+  with target `per_replica` (KEDA external scaler: metricValueFloat = trigger_load, the recommendation
+  in whole replicas times per_replica, targetSizeFloat = per_replica); the HPA takes the larger, so
+  reactive scaling is the floor.
 Capacity is accounted per slice: a pod counts as ready from the first slice that starts after it is ready.
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ import numpy as np
 from forecast_loop.capacity import Recommender
 
 from .hpa import HPA, HPASettings, per_pod_proposal
+
+
+ACTUALS = 24  # newest buckets handed to the Recommender per iteration: enough to score every pending one
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Predictive:
     recommender: Recommender
     forecasts: np.ndarray  # [n_buckets, H] of the recommender's quantile; row j: forecast from the end of bucket j
     interval: float  # the forecast loop's interval, seconds
+    median: Optional[np.ndarray] = None  # [n_buckets, H] of the model's median, for calibration
 
 
 @dataclass
@@ -71,7 +77,7 @@ class Trajectory:
     reactive_metric: np.ndarray  # what the reactive trigger reported at this sync
     reactive_proposal: np.ndarray  # the reactive metric's own proposal at this sync (the floor)
     before: np.ndarray  # pods before this sync
-    forecast_load: np.ndarray  # the recommendation's load the HPA saw (NaN: reactive policy)
+    forecast_load: np.ndarray  # the recommendation's trigger_load the HPA saw (NaN: reactive policy)
 
 
 def bucket_demand(values: np.ndarray, step: float, times: np.ndarray) -> np.ndarray:
@@ -137,8 +143,11 @@ def _recommend(predictive: Predictive, values: np.ndarray, step: float, lag: flo
     last = int((now - lag) // step) - 1  # the newest bucket complete and scraped by now
     if last < 0 or last >= len(predictive.forecasts) or not np.isfinite(predictive.forecasts[last]).all():
         return None  # no forecast (window not full yet): the loop publishes nothing, KEDA keeps the last
-    rec = predictive.recommender.update(now, (last + 1) * step, step, ("series",), predictive.forecasts[last][None])
-    return float(rec.load[0])
+    median = predictive.median[last][None] if predictive.median is not None else None
+    actual = values[max(0, last + 1 - ACTUALS): last + 1][None]  # the loop's window: its newest points
+    rec = predictive.recommender.update(now, (last + 1) * step, step, ("series",), predictive.forecasts[last][None],
+                                        median, actual)
+    return float(rec.trigger_load[0])
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,17 @@ def client(url: str, timeout: float = 120.0, max_batch_series: int = 2048) -> V2
                                 max_batch_series=max_batch_series, step=None))
 
 
-def origin_forecasts(model: V2Client, spec: ModelSpec, values: np.ndarray, quantile: float) -> np.ndarray:
-    """[len(values), H]: row j is the `quantile` forecast made at the end of bucket j from the W buckets
-    ending there; NaN for the first W - 1 rows (no full window)."""
+def origin_forecasts(model: V2Client, spec: ModelSpec, values: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """([len(values), H] of `quantile`, the same of the model's median): row j is the forecast made at the
+    end of bucket j from the W buckets ending there; NaN for the first W - 1 rows (no full window). The
+    median is the model's quantile nearest 0.5, as the forecast loop picks it."""
     if quantile not in spec.quantiles:
         raise ValueError(f"the model serves quantiles {spec.quantiles}, not {quantile:g}")
-    out = np.full((len(values), spec.horizon), np.nan)
+    out = np.full((2, len(values), spec.horizon), np.nan)
     if len(values) < spec.window:
-        return out
+        return out[0], out[1]
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(values, dtype=np.float64), spec.window)
-    out[spec.window - 1:] = model.forecast(windows, spec)[spec.quantiles.index(quantile)]
-    return out
+    median = int(np.argmin(np.abs(np.asarray(spec.quantiles) - 0.5)))
+    forecasts = model.forecast(windows, spec)
+    out[:, spec.window - 1:] = forecasts[[spec.quantiles.index(quantile), median]]
+    return out[0], out[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from forecast_loop.capacity import Calibration
 from forecast_loop.config import parse
 from forecast_loop.external_scaler import serve
 from forecast_loop.loop import ForecastLoop
@@ -70,6 +72,11 @@ def expected(server, stamps, series, origin_index: int, symbol: str) -> float:
     return float(direct_forecast(server, window)["p90"][0, :LEAD_TIME // 300 + 1].max())
 
 
+def whole_replicas(load: float) -> float:
+    """What the trigger reports for a forecast load: the recommendation (clamped to 1..50) * per_replica."""
+    return min(50, max(1, math.ceil(load / PER_REPLICA))) * PER_REPLICA
+
+
 def code_of(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as exc:
         call()
@@ -99,19 +106,22 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
             served[symbol] = value.metricValueFloat
             assert value.metricName == metric.metricName
             want = expected(server, history["stamps"], history["series"], i, symbol)
-            assert value.metricValueFloat == pytest.approx(want, rel=1e-6)
             published = loop.value("perf_predictor_desired_replicas_load", target="tweets", symbol=symbol)
             desired = loop.value("perf_predictor_desired_replicas", target="tweets", symbol=symbol)
-            assert published == pytest.approx(value.metricValueFloat, rel=1e-12)
-            # the HPA's AverageValue rule on KEDA's metric arrives at the published recommendation
-            assert desired == min(50, max(1, math.ceil(value.metricValueFloat / metric.targetSizeFloat)))
+            assert published == pytest.approx(want, rel=1e-6)
+            assert desired == min(50, max(1, math.ceil(want / PER_REPLICA)))
+            # the trigger reports the recommendation in whole replicas: the HPA's AverageValue rule on it,
+            # ceil(value / target), is the published recommendation, and its tolerance compares whole replicas
+            assert value.metricValueFloat == desired * PER_REPLICA
+            # the calibration starts from the model's own quantile (no outcome yet: no step has ended since)
+            assert loop.value("perf_predictor_desired_replicas_calibration", target="tweets", symbol=symbol) == 1.0
             assert stub.IsActive(ref(pb2, target="tweets", symbol=symbol), timeout=10).result is True
 
         # the other trigger style: KEDA's `prometheus` trigger with the chart's query on the scraped series
         prom.reload("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
                     f"scrape_configs:\n  - job_name: forecast-loop\n    honor_labels: true\n"
                     f"    static_configs: [{{targets: ['{loop.target}']}}]\n")
-        (row,) = prom.wait_for('max(perf_predictor_desired_replicas_load{target="tweets",symbol="AAPL"})',
+        (row,) = prom.wait_for(f'max(perf_predictor_desired_replicas{{target="tweets",symbol="AAPL"}}) * {PER_REPLICA}',
                                what="(scrape of the recommendation)")
         assert float(row["value"][1]) == pytest.approx(served["AAPL"], rel=1e-9)
 
@@ -169,14 +179,14 @@ def test_no_recommendation_from_a_stale_forecast(history, server, keda):
         code, details = code_of(lambda: stub.GetMetrics(request, timeout=10))
         assert code == grpc.StatusCode.UNAVAILABLE and "no forecast yet" in details
         loop.run_once()
-        want = expected(server, stamps, series, first, "AMZN")
-        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == pytest.approx(want, rel=1e-6)
+        want = whole_replicas(expected(server, stamps, series, first, "AMZN"))
+        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == want
 
         clock["now"] += 3 * config.interval + 1
         code, details = code_of(lambda: stub.GetMetrics(request, timeout=10))
         assert code == grpc.StatusCode.UNAVAILABLE and "more than 3 intervals" in details
         loop.run_once()  # same window, fresh again
-        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == pytest.approx(want, rel=1e-6)
+        assert stub.GetMetrics(request, timeout=10).metricValues[0].metricValueFloat == want
         assert 'perf_predictor_desired_replicas{symbol="AMZN",target="tweets"}' in loop.metrics.exposition().decode()
 
         clock["now"] = float(stamps[-1]) + 3600  # every series has stopped: no_series, then stale
@@ -211,7 +221,8 @@ def test_stream_pushes_a_change_after_an_iteration(history, server, keda):
         view = loop.metrics.views["tweets"]
         forecasts = view.forecasts
         zero = loop.states["tweets"].recommender.update(clock["now"] + 600, forecasts.origin + 600, 300.0,
-                                                        [(("symbol", "AAPL"),), (("symbol", "AMZN"),)], np.zeros((2, 12)))
+                                                        [(("symbol", "AAPL"),), (("symbol", "AMZN"),)], np.zeros((2, 12)),
+                                                        np.zeros((2, 12)), np.zeros((2, 1)))
         assert zero.desired.tolist() == [0, 0]
         clock["now"] += 600
         view.last_success = clock["now"]
@@ -240,3 +251,37 @@ def test_a_taken_scaler_port_is_a_clear_start_error(tmp_path):
                               timeout=60)
     assert done.returncode == 2, done.stderr
     assert f"error: cannot listen on 127.0.0.1:{port} for the KEDA external scaler" in done.stderr
+
+
+def test_the_loop_calibrates_the_quantile_on_the_actuals_that_follow(history, server):
+    """In-process, on a clock that walks one step per iteration over the fixture's data: the loop scores
+    each recommendation's points once their steps have ended (from the windows it reads anyway), and the
+    factor it publishes is the definition's (forecast_loop.capacity.Calibration), recomputed here from
+    direct v2 forecasts of the same windows."""
+    config = parse(scaler_config(history["prometheus"].url, server.http_url))
+    stamps, amzn = history["stamps"], history["series"]["AMZN"]
+    first = len(stamps) - 200
+    clock = {"now": float(stamps[first]) + 10}
+    loop = ForecastLoop(config, clock=lambda: clock["now"])
+    points = LEAD_TIME // 300 + 1  # now = origin + 10 s, interval 1 s: the steps begun by origin + 611 s
+    factor, pending, factors = 1.0, {}, []
+    for i in range(first, first + 8):
+        for origin in sorted(o for o in pending if o + points <= i):  # every step it used has ended
+            exceeded = np.mean(amzn[origin + 1: origin + 1 + points] > pending.pop(origin))
+            factor = min(Calibration.FACTOR_MAX, max(Calibration.FACTOR_MIN,
+                                                     factor * math.exp(Calibration.GAMMA * (exceeded - 0.1))))
+        forecast = direct_forecast(server, amzn[i - 335: i + 1][None, :])
+        median, upper = forecast["p50"][0, :points], forecast["p90"][0, :points]
+        pending[i] = median + factor * (upper - median)
+        clock["now"] = float(stamps[i]) + 10
+        loop.run_once()
+        shown = loop.metrics.views["tweets"].forecasts
+        row = [labels.get("symbol") for labels in shown.labels].index("AMZN")
+        assert shown.recommendation.factor[row] == pytest.approx(factor, rel=1e-9)
+        assert shown.recommendation.raw_load[row] == pytest.approx(pending[i].max(), rel=1e-6)
+        factors.append(factor)
+    state = loop.states["tweets"].recommender.calibration((("symbol", "AMZN"),))
+    assert state.outcomes == 8 - points and factors[points] != 1.0  # scored from the 4th origin on
+    published = re.search(r'^perf_predictor_desired_replicas_calibration\{symbol="AMZN",target="tweets"\} (\S+)$',
+                          loop.metrics.exposition().decode(), re.M)
+    assert published and float(published.group(1)) == pytest.approx(factors[-1], rel=1e-9)

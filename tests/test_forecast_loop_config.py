@@ -82,6 +82,11 @@ def with_change(path: str, value) -> dict:
      "targets[0].capacity.scale_down_window: must be a duration >= 0"),
     ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "lead": "5m"},
      "targets[0].capacity.lead: unknown key"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "calibrate": "yes"},
+     "targets[0].capacity.calibrate: must be true or false, got 'yes'"),
+    ("targets.0.capacity", {"per_replica": 1, "max_replicas": 2, "quantile": 0.5},
+     "targets[0].capacity.calibrate: needs quantile above 0.5 (it scales the distance above the median), got "
+     "quantile 0.5; set calibrate: false"),
     ("scaler", {"listen": "9500"}, "scaler.listen: must be host:port"),
     ("scaler", {"port": 9500}, "scaler.port: unknown key"),
 ])
@@ -95,13 +100,15 @@ def test_capacity_and_scaler():
     doc = with_change("targets.0.capacity", {"per_replica": 250, "max_replicas": 20})
     (target,) = parse(doc).targets
     assert target.capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=1, quantile=0.9,
-                                       lead_time=300.0, scale_down_window=300.0)
+                                       lead_time=300.0, scale_down_window=0.0, calibrate=True)
     assert parse(doc).scaler_listen is None, "the scaler is off unless configured"
-    doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0)
+    doc["targets"][0]["capacity"].update(min_replicas=0, quantile=0.5, lead_time="2m30s", scale_down_window=0,
+                                         calibrate=False)
     doc["scaler"] = {"listen": "0.0.0.0:9500"}
     config = parse(doc)
     assert config.targets[0].capacity == Capacity(per_replica=250.0, max_replicas=20, min_replicas=0,
-                                                  quantile=0.5, lead_time=150.0, scale_down_window=0.0)
+                                                  quantile=0.5, lead_time=150.0, scale_down_window=0.0,
+                                                  calibrate=False)
     assert config.scaler_listen == ("0.0.0.0", 9500)
     assert parse(GOOD).targets[0].capacity is None
 

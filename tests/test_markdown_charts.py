@@ -80,7 +80,8 @@ def test_the_replay_chart_parses_and_holds_a_day_of_steps(mermaid_check, tmp_pat
         t = np.arange(2000)
         values = 50 + 30 * np.sin(2 * np.pi * t / 288) + np.where(t % 500 == 400, 120.0, 0.0)
         step, name = 300.0, "synthetic"
-    result = compare(name, values, step, perfect_forecasts(values, 336, 12), 336, Settings())
+    perfect = perfect_forecasts(values, 336, 12)
+    result = compare(name, values, step, perfect, 336, Settings(), perfect)  # its own median (calibration)
     text = chart(result)
     assert text.startswith("```mermaid\n") and text.endswith("\n```")
     (parsed,) = mermaid_check([text[len("```mermaid\n"):-len("```")]], tmp_path)

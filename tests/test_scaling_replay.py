@@ -115,7 +115,7 @@ def test_predictive_is_never_below_the_reactive_floor():
     reactive = replay(values, STEP, service, settings, start, end)
 
     def predictive(forecasts):
-        recommender = Recommender(Capacity(per_replica=10.0, max_replicas=settings.max_replicas), 60.0)
+        recommender = Recommender(Capacity(per_replica=10.0, max_replicas=settings.max_replicas, calibrate=False), 60.0)
         return replay(values, STEP, service, settings, start, end, Predictive(recommender, forecasts, 60.0))
 
     zero = predictive(np.zeros((len(values), 12)))
@@ -150,6 +150,10 @@ def test_replay_command_on_a_slice_of_nab_tweets_with_the_real_predictor(model_d
         row["predictive"]["replica_hours"] / row["reactive"]["replica_hours"])
     # the forecast trigger only adds replicas on top of the reactive floor
     assert row["predictive"]["replica_hours"] >= row["reactive"]["replica_hours"]
+    # the loop's calibration ran on the actuals (one outcome per origin whose steps ended: about a day's)
+    calibration = row["calibration"]
+    assert 250 <= calibration["outcomes"] <= 288 and 0 <= calibration["exceedance"] <= 1
+    assert 0.2 <= calibration["factor"] <= 5 and calibration["factor"] != 1.0
     assert document["model"]["window"] == 336 and (out / "Twitter_volume_GOOG.png").stat().st_size > 10_000
     chart = (out / "Twitter_volume_GOOG.mermaid.md").read_text()  # parsed by Mermaid in test_markdown_charts.py
     assert chart.startswith("```mermaid\n") and chart.count("\n    line [") == 3

@@ -64,7 +64,10 @@ def test_replica_bounds_and_threshold_come_from_capacity(case):
         assert meta["serverAddress"] == loop_config(objs).prometheus.url
         # ignoreNullValues defaults to true (an empty answer is 0); false makes a withdrawn forecast a failure
         assert meta["ignoreNullValues"] == "false"
-        assert meta["query"] == 'max(perf_predictor_desired_replicas_load{target="api-requests",service="api"})'
+        # the recommendation in whole replicas times the threshold: ceil(value / threshold) = desired, and the
+        # HPA's tolerance compares desired / current (kubernetes replica_calculator.go GetExternalPerPodMetricReplicas)
+        assert meta["query"] == (f'max(perf_predictor_desired_replicas{{target="api-requests",service="api"}}) * '
+                                 f'{meta["threshold"]}')
         assert set(re.findall(r"perf_predictor_[a-z_]+", meta["query"])) <= published_names()
         assert reactive["type"] == "prometheus" and float(reactive["metadata"]["threshold"]) == capacity.per_replica
     else:
@@ -139,6 +142,12 @@ def test_forecast_only_mode_renders_no_scaled_object():
     assert values["forecastLoop"]["autoscaling"][0]["enabled"] is False
 
 
+def test_calibrate_passes_the_schema_and_reaches_the_loops_config():
+    target = '[{"name": "a", "query": "up", "capacity": {"per_replica": 10, "max_replicas": 5, "calibrate": false}}]'
+    objs = objects("--set", "forecastLoop.enabled=true", "--set-json", f"forecastLoop.targets={target}")
+    assert loop_config(objs).targets[0].capacity.calibrate is False
+
+
 def test_dashboard_plots_recommended_against_actual_replicas():
     objs = objects("-f", str(CI_DIR / "forecast-loop-values.yaml"))
     dashboard = json.loads(objs[("ConfigMap", f"{LOOP}-dashboard")]["data"]["perf-predictor-forecasts.json"])
@@ -196,6 +205,7 @@ def test_bad_autoscaling_values_are_refused(helm, case):
     ('{"max_replicas": 5}', r"(?i)per_replica"),
     ('{"per_replica": 0, "max_replicas": 5}', r"(?i)per_replica"),
     ('{"per_replica": 1, "max_replicas": 5, "lead": "5m"}', r"(?i)additional propert.*lead"),
+    ('{"per_replica": 1, "max_replicas": 5, "calibrate": "yes"}', r"(?i)calibrate.*(boolean|got string)"),
     ('{"per_replica": 1, "max_replicas": 2, "min_replicas": 3}',
      r"targets\[0\].capacity.max_replicas: must be >= min_replicas \(3\), got 2"),
 ])

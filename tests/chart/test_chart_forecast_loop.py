@@ -151,7 +151,7 @@ def published_names() -> set[str]:
     """Every series name a loop with one forecast target (with capacity) publishes (its real collector)."""
     metrics = LoopMetrics(["t"], 60)
     view = metrics.views["t"]
-    recommendation = Recommender(Capacity(per_replica=1.0, max_replicas=3), 60).update(0, 0, 300, ["k"], np.ones((1, 12)))
+    recommendation = Recommender(Capacity(per_replica=1.0, max_replicas=3, calibrate=False), 60).update(0, 0, 300, ["k"], np.ones((1, 12)))
     view.show(Forecasts([{"target": "t"}], np.zeros((3, 1, 12)), ("0.1", "0.5", "0.9"), (("15m", 2),), 0,
                         np.zeros(1), recommendation))
     view.last_success, view.skipped, view.score = 1.0, {"gap": 1}, Score(1.0, 0.8, 3)
