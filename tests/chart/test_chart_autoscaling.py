@@ -155,6 +155,10 @@ def test_dashboard_plots_recommended_against_actual_replicas():
     exprs = [t["expr"] for t in panel["targets"]]
     assert any(e.startswith("perf_predictor_desired_replicas{") for e in exprs)
     assert any(e.startswith("kube_deployment_status_replicas{") for e in exprs)  # kube-state-metrics
+    # what the HPA would hold of it: the largest recommendation of its scale-down stabilisation window,
+    # 300 s unless the ScaledObject sets one (kubernetes pkg/apis/autoscaling/v2/defaults.go
+    # SetDefaults_HorizontalPodAutoscalerBehavior; horizontal.go stabilizeRecommendationWithBehaviors)
+    assert any(e.startswith("max_over_time(perf_predictor_desired_replicas{") and e.endswith("[5m])") for e in exprs)
 
 
 def test_crd_check_catches_bad_scaled_objects(shared_dir):
