@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scaling_replay.py [--out benchmarks/results/scaling_replay]
 
-Three forecast sources through the same recommendation and HPA (`python -m scaling_replay`, one
+Four forecast sources through the same recommendation and HPA (`python -m scaling_replay`, one
 configuration for every series, its defaults):
 - `default`: the model `python -m training --out DIR` trains by default (the built-in synthetic
   workload, so none of the replayed series is in its training data); also without the live calibration
@@ -10,6 +10,8 @@ configuration for every series, its defaults):
 - `leave-series-out`: two models trained with `python -m training --data ...` on real NAB series: each
   on the NAB series that are not demand (CPU, disk write, ASG) plus half of the demand series, and each
   replaying only the other half, so no series is replayed by a model that saw it;
+- `own-history`: what a team does with its own Prometheus history: one model trained on the first half
+  of every replayed series, replaying only the second half of each (its reactive baseline is that half's);
 - `perfect`: the actual future as the forecast: the bound any model has through this recommendation.
 Writes OUT/results.json (read by benchmarks/report.py) and OUT/<source>/<series>.png. Models are trained
 into .cache/bench/replay-models once and reused (delete the directory to retrain).
@@ -34,6 +36,7 @@ from scaling_replay import __main__ as replay_cli  # noqa: E402
 from scaling_replay import demand  # noqa: E402
 
 MODELS = REPO / ".cache" / "bench" / "replay-models"
+WINDOW = 336  # the default model's window: the history each replayed half starts with
 
 
 def train(out: Path, files: list[Path]) -> Path:
@@ -54,6 +57,21 @@ def folds() -> list[tuple[list[Path], list[Path]]]:
     return [(halves[0], halves[1] + others), (halves[1], halves[0] + others)]
 
 
+def halves(files: list[Path], window: int, out: Path) -> tuple[list[Path], list[Path]]:
+    """Each file cut in two at its middle row: (first halves to train on, second halves to replay, each with
+    the `window` rows before it as history), written under `out`."""
+    train_files, replay_files = [], []
+    for f in files:
+        header, *rows = f.read_text().splitlines()
+        half = len(rows) // 2
+        for part, kept, into in (("train", rows[:half], train_files), ("replay", rows[max(0, half - window):], replay_files)):
+            path = out / part / f.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join([header, *kept]) + "\n")
+            into.append(path)
+    return train_files, replay_files
+
+
 def replay(out: Path, files: list[Path], model_dir: Path | None, *extra: str) -> dict:
     argv = ["--out", str(out), *extra] + [a for f in files for a in ("--data", str(f))]
     argv += ["--model-dir", str(model_dir)] if model_dir else ["--perfect-forecast"]
@@ -64,6 +82,7 @@ SOURCES = {  # results key: heading
     "default": "the default model (trained on the built-in synthetic workload)",
     "default-uncalibrated": "the default model without the live calibration (`--no-calibrate`)",
     "leave-series-out": "leave-series-out models (trained on NAB, never on the series they replay)",
+    "own-history": "a model trained on the first half of the replayed series themselves, replaying the second half",
     "perfect": "a perfect forecast (the actual future): the bound through this recommendation and HPA",
 }
 
@@ -131,6 +150,8 @@ def main() -> int:
     sources["leave-series-out"] = {**fold_docs[0], "series": [r for d in fold_docs for r in d["series"]],
                                    "folds": [{"trained_on": d["trained_on"], "model": d["model"],
                                               "replayed": [r["series"] for r in d["series"]]} for d in fold_docs]}
+    train_files, replay_files = halves(demand.default_files(), WINDOW, MODELS.parent / "replay-own-history")
+    sources["own-history"] = replay(args.out / "own-history", replay_files, train(MODELS / "own-history", train_files))
     sources["perfect"] = replay(args.out / "perfect", demand.default_files(), None)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     document = {
