@@ -8,6 +8,7 @@ to a direct v2 forecast of the same window, and equal to what the loop publishes
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import re
 import socket
@@ -124,6 +125,16 @@ def test_keda_client_gets_the_recommendation_from_the_loop_process(history, serv
         (row,) = prom.wait_for(f'max(perf_predictor_desired_replicas{{target="tweets",symbol="AAPL"}}) * {PER_REPLICA}',
                                what="(scrape of the recommendation)")
         assert float(row["value"][1]) == pytest.approx(served["AAPL"], rel=1e-9)
+        # the dashboard's replica panel on the same scrape (its kube-state-metrics query aside): the
+        # recommendation and what the HPA would hold of it, for each series
+        dashboard = json.loads((REPO / "charts/perf-predictor/files/forecast-loop-dashboard.json").read_text())
+        (panel,) = [p for p in dashboard["panels"] if p["title"].startswith("Replicas")]
+        exprs = [t["expr"] for t in panel["targets"] if "desired_replicas" in t["expr"]]
+        assert len(exprs) == 2
+        for expr in exprs:
+            rows = prom.wait_for(expr.replace("$namespace", ".*").replace("$target", "tweets"), what="(dashboard)")
+            assert {r["metric"]["symbol"]: float(r["value"][1]) for r in rows} == \
+                {symbol: value / PER_REPLICA for symbol, value in served.items()}
 
         stream = stub.StreamIsActive(ref(pb2, target="tweets", symbol="AAPL"), timeout=30)
         assert next(stream).result is True  # sent at once, then only on a change
