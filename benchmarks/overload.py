@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -43,7 +44,13 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
            "-H", "content-type: application/json", "--log-file", str(log),
            f"http://127.0.0.1:{server.http_port}/v2/models/{loadgen.MODEL_NAME}/infer"]
     if rps_per_client:
-        cmd[cmd.index("-D"):cmd.index("-D")] = ["--rps", f"{rps_per_client:g}"]
+        # open loop: h2load times each connection's requests from when it connects, so connections all
+        # made at once send in lockstep (bursts of `clients` requests). Made a few each millisecond over
+        # one request interval instead, their requests arrive spread out, as independent clients' do.
+        per_ms = max(1, math.ceil(clients * rps_per_client / 1000))
+        at = cmd.index("-D")
+        cmd[at:at + 2] = ["--rps", f"{rps_per_client:g}", "-r", str(per_ms), "--rate-period", "1ms",
+                          "-n", str(max(clients, round(clients * rps_per_client * seconds)))]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if run.returncode != 0 or not log.exists():
         raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
