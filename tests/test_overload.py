@@ -4,6 +4,7 @@ one past it is refused at once, REST 503 with Retry-After and gRPC UNAVAILABLE, 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -80,5 +81,82 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         # not server errors: load alone must not fire PerfPredictorHighErrorRatio
         assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
             value(before, "perf_predictor_requests_total", status_class="5xx")
+    finally:
+        stop_server(srv)
+
+
+def request_head(path: str, length: int, *extra: str) -> bytes:
+    return "".join([f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n",
+                    f"content-length: {length}\r\n", *(f"{h}\r\n" for h in extra), "\r\n"]).encode()
+
+
+def read_reply(reader) -> tuple[int, dict, bytes]:
+    status = int(reader.readline().split(b" ", 2)[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers["content-length"]))
+
+
+def test_the_connection_refuses_on_the_headers_and_serves_the_next_request(model_dir, tmp_path, window, card):
+    # the request past the bound is answered by the connection (predictor/connections.py) as soon as its
+    # headers are in: its 503 arrives before a byte of its body is sent, the body is then dropped, and the
+    # requests that follow on the same keep-alive connection (pipelined in the same write) are served
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_requests_held", "1", "--max_batch_delay_ms", "3000")
+    try:
+        wait_ready(srv)
+        body, data = v2_body(window), histories(1, window)
+        forecast = forecast_request(data, 1).model_dump_json().encode()
+        v1 = json.dumps({"instances": data.tolist()}).encode()
+        before = scrape(srv)
+        first: list = []
+        holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json"})))
+        holder.start()
+        deadline = time.monotonic() + 10
+        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
+            assert time.monotonic() < deadline, "the first request never arrived"
+            time.sleep(0.02)
+        time.sleep(0.1)  # its body read and its place taken
+
+        with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(request_head(f"/v2/models/{MODEL_NAME}/infer", len(body)))
+            status, headers, reply = read_reply(reader)  # no body sent yet
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+            assert "connection" not in headers  # kept alive
+            assert "at capacity (1 requests in progress" in json.loads(reply)["error"]
+
+            # its body, then health (never refused) and a request pipelined behind it: the connection leaves
+            # that one to the application (replies stay in order), which refuses it as well
+            sock.sendall(body + b"GET /v2/health/ready HTTP/1.1\r\nhost: localhost\r\n\r\n"
+                         + request_head(f"/v2/models/{MODEL_NAME}/versions/{card['version']}/infer", len(body)) + body)
+            assert read_reply(reader)[0] == 200
+            status, headers, reply = read_reply(reader)
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+
+            sock.sendall(request_head("/v1/timeseries/forecast", len(forecast)))
+            status, headers, reply = read_reply(reader)  # before the forecast's body is sent
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+            error = json.loads(reply)["error"]  # KServe's ErrorResponse, as the API answers it
+            assert (error["type"], error["code"]) == ("overload", "503") and "at capacity" in error["message"]
+
+            # a client that closes after this request: 503, Connection: close, once its body has been read
+            sock.sendall(forecast + request_head(f"/v1/models/{MODEL_NAME}:predict", len(v1), "connection: close") + v1)
+            status, headers, reply = read_reply(reader)
+            assert (status, headers.get("retry-after"), headers.get("connection")) == (503, "1", "close"), reply
+            assert reader.read() == b""  # closed
+
+        holder.join(timeout=30)
+        assert first and first[0][0] == 200, first
+        assert post_raw(srv, body, {"Content-Type": "application/json"})[0] == 200  # the place is free again
+        after = scrape(srv)
+        for protocol, expected in (("rest", 3), ("timeseries", 1)):
+            refused_count = [value(s, "perf_predictor_rejected_total", protocol=protocol, reason="overload")
+                             for s in (before, after)]
+            assert refused_count[1] - refused_count[0] == expected, protocol
+        assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
+            value(before, "perf_predictor_requests_total", status_class="5xx")
+        assert "Invalid HTTP request" not in srv.log()  # no body was taken for a request
     finally:
         stop_server(srv)
