@@ -175,6 +175,7 @@ def main() -> int:
                    "peak_to_the_end": round(max(rss) / 2**20, 1)},
         "still_ready": still_ready, "exit_code_on_sigterm": exit_code,
         "load_average_before": load_before, "load_average_after": load_after,
+        "what": "Overload", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     text = json.dumps(summary, indent=2)
     print(text)
