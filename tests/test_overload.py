@@ -24,6 +24,20 @@ def v2_body(window: int) -> bytes:
                                    "data": data.ravel().tolist()}]}).encode()
 
 
+def hold_the_place(srv, body: bytes) -> tuple[threading.Thread, list]:
+    """A request that takes the server's one place (its batch held by --max_batch_delay_ms); its reply
+    lands in the list once the thread ends."""
+    first: list = []
+    holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json"})))
+    holder.start()
+    deadline = time.monotonic() + 10
+    while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
+        assert time.monotonic() < deadline, "the first request never arrived"
+        time.sleep(0.02)
+    time.sleep(0.1)  # its body read and its place taken
+    return holder, first
+
+
 @pytest.mark.parametrize("front", ["native", "kserve"])
 def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window, card, front):
     # one place; every batch is held 1 s, so the first request holds it while the others arrive
@@ -33,14 +47,7 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         wait_ready(srv)
         body, headers = v2_body(window), {"Content-Type": "application/json"}
         before = scrape(srv)
-        first: list = []
-        holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, headers)))
-        holder.start()
-        deadline = time.monotonic() + 10
-        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
-            assert time.monotonic() < deadline, "the first request never arrived"
-            time.sleep(0.02)
-        time.sleep(0.1)  # its body read and its place taken
+        holder, first = hold_the_place(srv, body)
 
         started = time.perf_counter()
         status, reply_headers, reply = post_raw(srv, body, headers)
@@ -110,14 +117,7 @@ def test_the_connection_refuses_on_the_headers_and_serves_the_next_request(model
         forecast = forecast_request(data, 1).model_dump_json().encode()
         v1 = json.dumps({"instances": data.tolist()}).encode()
         before = scrape(srv)
-        first: list = []
-        holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json"})))
-        holder.start()
-        deadline = time.monotonic() + 10
-        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
-            assert time.monotonic() < deadline, "the first request never arrived"
-            time.sleep(0.02)
-        time.sleep(0.1)  # its body read and its place taken
+        holder, first = hold_the_place(srv, body)
 
         with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
             reader = sock.makefile("rb")
