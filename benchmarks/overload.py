@@ -22,6 +22,8 @@ import argparse
 import asyncio
 import json
 import math
+import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -72,6 +74,18 @@ def grpc_phase(server: loadgen.Server, window: int, series: int, callers: int, s
     return status, latency
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the server's processes (every thread) so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
     while not done.is_set():
         samples.append(sum(loadgen.rss_bytes(pids).values()))
@@ -114,8 +128,16 @@ def main() -> int:
         sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
         sampler.start()
         try:
+            # where the machine's cores went during the overload phase: the server, and h2load (a child)
+            server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall = time.monotonic()
             status, seconds = h2load(server, body, work, "overload", args.connections, args.seconds,
                                      offered / args.connections)
+            wall = time.monotonic() - wall
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cores = {"server": round((cpu_seconds(server.pids()) - server_cpu) / wall, 2),
+                     "h2load": round((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall, 2),
+                     "machine": os.cpu_count()}
             rss_rest = max(rss)
             grpc = {}
             if args.grpc_seconds > 0:
@@ -166,7 +188,7 @@ def main() -> int:
             "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
             "refused_p99_ms": loadgen.percentile_ms(refused, 99),
             "refused_max_ms": round(float(refused.max()) * 1000, 2) if len(refused) else None,
-            "other_outcomes": other,
+            "other_outcomes": other, "cpu_cores_used": cores,
         },
         "accepted_p99_over_capacity_p99": round(p99_accepted / p99_cap, 2),
         "accepted_p99_over_light_p99": round(p99_accepted / p99_light, 2),
