@@ -122,7 +122,7 @@ def overload_section(o: dict) -> str:
         f"| overload offered | {rest['offered_rps']:,} req/s on {rest['connections']} connections | "
         f"{gover.get('callers', '')} callers |",
         f"| accepted: req/s, p50 / p99 ms | {rest['accepted_rps']:,}, {rest['accepted_p50_ms']} / "
-        f"{rest['accepted_p99_ms']} | {gover.get('accepted_rps', '')}, {gover.get('accepted_p50_ms', '')} / "
+        f"{rest['accepted_p99_ms']} | {gover.get('accepted_rps', 0):,}, {gover.get('accepted_p50_ms', '')} / "
         f"{gover.get('accepted_p99_ms', '')} |",
         f"| accepted p99 / capacity's p99 (target ≤ 2) | {o['accepted_p99_over_capacity_p99']} | "
         f"{grpc.get('accepted_p99_over_capacity_p99', '')} |",
@@ -131,6 +131,8 @@ def overload_section(o: dict) -> str:
         f"{rest['refused_p99_ms']} | {gover.get('refused', 0):,}, {gover.get('refused_p50_ms', '')} / "
         f"{gover.get('refused_p99_ms', '')} |",
         f"| other outcomes | {rest['other_outcomes']} | {gover.get('other_outcomes', '')} |",
+        *([f"| cores used in the overload phase: server / h2load (of {cores['machine']}) | {cores['server']} / "
+           f"{cores['h2load']} | |"] if (cores := rest.get("cpu_cores_used")) else []),
         f"| server RSS before → peak, MB | {o['rss_mb']['before']} → {o['rss_mb']['peak_to_the_end']} | |",
         f"| ready afterwards, exit code on SIGTERM | {o['still_ready']}, {o['exit_code_on_sigterm']} | |"]
     if "measured_at" in o:
