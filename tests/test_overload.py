@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
 from .test_grpc_front import infer
-from .test_metrics import scrape, value, wait_for_count
+from .test_metrics import scrape, value, wait_for_count, wait_for_workers
 from .test_serving import card, histories, post_raw, window  # noqa: F401 (fixtures)
 from .test_timeseries_api import forecast_request
 
@@ -158,5 +158,42 @@ def test_the_connection_refuses_on_the_headers_and_serves_the_next_request(model
         assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
             value(before, "perf_predictor_requests_total", status_class="5xx")
         assert "Invalid HTTP request" not in srv.log()  # no body was taken for a request
+    finally:
+        stop_server(srv)
+
+
+def test_every_worker_process_refuses_on_its_connections(model_dir, tmp_path, window):
+    # --workers 2: each worker has its own bound (the model is pickled into it with an empty Admission)
+    # and its own connections' refusal (rest.install runs in each); both full, a time-series forecast's
+    # headers get their 503 before its body is sent, whichever worker takes the connection
+    srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2", "--max_requests_held", "1",
+                       "--max_batch_delay_ms", "15000")
+    try:
+        wait_ready(srv)
+        wait_for_workers(srv, 2, 120)
+        body = v2_body(window)
+        forecast = forecast_request(histories(1, window), 1).model_dump_json().encode()
+        before = scrape(srv)
+        holders, replies = [], []
+        deadline = time.monotonic() + 60
+        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 2:
+            assert time.monotonic() < deadline, "two requests were never held at once"
+            # one more request: held if it lands on the worker with a free place, else refused at once
+            holder = threading.Thread(target=lambda: replies.append(post_raw(srv, body, {"Content-Type": "application/json"})))
+            holder.start()
+            holders.append(holder)
+            time.sleep(0.3)
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+                sock.sendall(request_head("/v1/timeseries/forecast", len(forecast)))
+                status, headers, reply = read_reply(sock.makefile("rb"))
+                assert (status, headers.get("retry-after")) == (503, "1"), reply
+        for holder in holders:
+            holder.join(timeout=60)
+        assert sorted({status for status, _, _ in replies}) in ([200], [200, 503]), replies
+        refused = wait_for_count(lambda: value(scrape(srv), "perf_predictor_rejected_total", protocol="timeseries",
+                                               reason="overload") - value(before, "perf_predictor_rejected_total",
+                                                                          protocol="timeseries", reason="overload"), 6)
+        assert refused == 6
     finally:
         stop_server(srv)
