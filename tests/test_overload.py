@@ -12,6 +12,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
+from .test_auth import TOKEN_A, bearer, write_tokens
 from .test_grpc_front import infer
 from .test_metrics import scrape, value, wait_for_count, wait_for_workers
 from .test_serving import card, histories, post_raw, window  # noqa: F401 (fixtures)
@@ -24,11 +25,12 @@ def v2_body(window: int) -> bytes:
                                    "data": data.ravel().tolist()}]}).encode()
 
 
-def hold_the_place(srv, body: bytes) -> tuple[threading.Thread, list]:
+def hold_the_place(srv, body: bytes, headers: tuple = ()) -> tuple[threading.Thread, list]:
     """A request that takes the server's one place (its batch held by --max_batch_delay_ms); its reply
     lands in the list once the thread ends."""
     first: list = []
-    holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json"})))
+    holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json",
+                                                                               **dict(headers)})))
     holder.start()
     deadline = time.monotonic() + 10
     while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
@@ -195,5 +197,28 @@ def test_every_worker_process_refuses_on_its_connections(model_dir, tmp_path, wi
                                                reason="overload") - value(before, "perf_predictor_rejected_total",
                                                                           protocol="timeseries", reason="overload"), 6)
         assert refused == 6
+    finally:
+        stop_server(srv)
+
+
+def test_authentication_comes_before_the_overload_refusal(model_dir, tmp_path, window):
+    # the connection's refusal leaves a call without a valid token to the application, which answers 401
+    tokens = tmp_path / "tokens"
+    write_tokens(tokens, TOKEN_A)
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_requests_held", "1", "--max_batch_delay_ms", "3000",
+                       "--auth_token_file", str(tokens))
+    try:
+        wait_ready(srv)
+        body = v2_body(window)
+        holder, first = hold_the_place(srv, body, tuple(bearer(TOKEN_A).items()))
+        path = f"/v2/models/{MODEL_NAME}/infer"
+        for extra, expected in (((), 401), (("authorization: Bearer tok-wrong-" + "x" * 22,), 401),
+                                ((f"authorization: Bearer {TOKEN_A}",), 503)):
+            with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+                sock.sendall(request_head(path, len(body), *extra))  # answered before the body
+                status, headers, reply = read_reply(sock.makefile("rb"))
+                assert status == expected, (extra, reply)
+        holder.join(timeout=30)
+        assert first and first[0][0] == 200, first
     finally:
         stop_server(srv)
