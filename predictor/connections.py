@@ -31,6 +31,8 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import RETRY_AFTER
+
 logger = logging.getLogger("perf_predictor")
 MAX_HEADER_BYTES = 16 << 10  # request line and header fields; as the gRPC port (grpc_server.py)
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
@@ -39,7 +41,7 @@ draining = False  # this process got SIGTERM: every reply closes its connection 
 # (path, headers) -> the 503 body of an inference request past the overload bound, counted, or None to
 # serve it; set per process by rest.install (each worker process has its models' own bounds)
 overload_refusal: Optional[Callable[[str, list], Optional[bytes]]] = None
-OVERLOADED_HEADERS = b"content-type: application/json\r\nretry-after: 1\r\n"
+OVERLOADED_HEADERS = b"content-type: application/json\r\n" + b"".join(b"%s: %s\r\n" % field for field in RETRY_AFTER)
 
 
 def default_max_connections() -> int:
