@@ -1,7 +1,7 @@
-"""Overload (issue 21 item 4): REST offered at 4x the capacity measured in the same run, against one
+"""Overload (issue 21 item 4): REST and gRPC offered at 4x the capacity measured in the same run, against one
 process with its default bound (--max_requests_held 64, predictor/admission.py).
 
-    .venv/bin/python benchmarks/overload.py                  # ~1.5 minutes
+    .venv/bin/python benchmarks/overload.py                  # ~2 minutes
     .venv/bin/python benchmarks/overload.py --factor 4 --seconds 20 --series 16 --server_flags="--max_requests_held 64"
 
 Load from h2load (HTTP/1.1 keep-alive, per-request log). Phases, one server, one run:
@@ -10,13 +10,20 @@ Load from h2load (HTTP/1.1 keep-alive, per-request log). Phases, one server, one
    its throughput is the capacity, its latency the latency at capacity;
 3. overload: --factor x capacity offered by --connections keep-alive connections, each at its share of
    the rate (h2load --rps; a connection waits for its reply before its next request). Accepted requests' p99 is compared with phases 1 and 2;
-   refused ones (503) must come back in under 5 ms; RSS of the server is sampled throughout.
+   refused ones (503) must come back in under 5 ms; RSS of the server is sampled throughout;
+4. gRPC (native front): --bound closed-loop callers (capacity), then --factor x --bound callers, each
+   calling again as soon as it is answered or refused (grpc.aio in this process: a Python client cannot
+   offer 4x the rate open loop, so this is 4x the concurrency). UNAVAILABLE counts as refused.
 The server must still be ready afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
+import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -43,12 +50,40 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
            "-H", "content-type: application/json", "--log-file", str(log),
            f"http://127.0.0.1:{server.http_port}/v2/models/{loadgen.MODEL_NAME}/infer"]
     if rps_per_client:
-        cmd[cmd.index("-D"):cmd.index("-D")] = ["--rps", f"{rps_per_client:g}"]
+        # open loop: h2load times each connection's requests from when it connects, so connections all
+        # made at once send in lockstep (bursts of `clients` requests). Made a few each millisecond over
+        # one request interval instead, their requests arrive spread out, as independent clients' do.
+        per_ms = max(1, math.ceil(clients * rps_per_client / 1000))
+        at = cmd.index("-D")
+        cmd[at:at + 2] = ["--rps", f"{rps_per_client:g}", "-r", str(per_ms), "--rate-period", "1ms",
+                          "-n", str(max(clients, round(clients * rps_per_client * seconds)))]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if run.returncode != 0 or not log.exists():
         raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
     return rows[:, 1], rows[:, 2] / 1e6
+
+
+def grpc_phase(server: loadgen.Server, window: int, series: int, callers: int, seconds: float):
+    """`callers` closed-loop gRPC callers (grpc.aio, this process), each sending its next call when its last
+    is answered, refused or not: (status, seconds) of every call (503 for UNAVAILABLE)."""
+    outcomes = loadgen.Outcomes()
+    asyncio.run(loadgen.closed_loop(outcomes, time.monotonic() + seconds, 0, callers, server.http_port,
+                                    server.grpc_port, window, series))
+    _, latency, status, _ = outcomes.arrays()
+    return status, latency
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the server's processes (every thread) so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
@@ -65,6 +100,8 @@ def main() -> int:
     parser.add_argument("--bound", type=int, default=64, help="the server's --max_requests_held (its default)")
     parser.add_argument("--connections", type=int, default=256,
                         help="connections of the overload phase, each sending at its share of the offered rate")
+    parser.add_argument("--grpc_seconds", type=float, default=15,
+                        help="length of each gRPC phase (0: none): bound callers, then factor x bound callers")
     parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
     parser.add_argument("--model_dir", type=Path)
     parser.add_argument("--json", type=Path)
@@ -91,8 +128,38 @@ def main() -> int:
         sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
         sampler.start()
         try:
+            # where the machine's cores went during the overload phase: the server, and h2load (a child)
+            server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall = time.monotonic()
             status, seconds = h2load(server, body, work, "overload", args.connections, args.seconds,
                                      offered / args.connections)
+            wall = time.monotonic() - wall
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cores = {"server": round((cpu_seconds(server.pids()) - server_cpu) / wall, 2),
+                     "h2load": round((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall, 2),
+                     "machine": os.cpu_count()}
+            rss_rest = max(rss)
+            grpc = {}
+            if args.grpc_seconds > 0:
+                window = loadgen.window_of(model_dir)
+                g_cap_status, g_cap_s = grpc_phase(server, window, args.series, args.bound, args.grpc_seconds)
+                callers = round(args.factor * args.bound)
+                g_status, g_s = grpc_phase(server, window, args.series, callers, args.grpc_seconds)
+                g_ok, g_refused = g_s[g_status == 200], g_s[g_status == 503]
+                grpc = {
+                    "capacity": {"callers": args.bound, "rps": round(len(g_cap_s) / args.grpc_seconds, 1),
+                                 "p50_ms": loadgen.percentile_ms(g_cap_s, 50), "p99_ms": loadgen.percentile_ms(g_cap_s, 99),
+                                 "errors": int((g_cap_status != 200).sum())},
+                    "overload": {"callers": callers, "calls": len(g_s), "accepted": len(g_ok),
+                                 "accepted_rps": round(len(g_ok) / args.grpc_seconds, 1),
+                                 "accepted_p50_ms": loadgen.percentile_ms(g_ok, 50),
+                                 "accepted_p99_ms": loadgen.percentile_ms(g_ok, 99),
+                                 "refused": len(g_refused), "refused_p50_ms": loadgen.percentile_ms(g_refused, 50),
+                                 "refused_p99_ms": loadgen.percentile_ms(g_refused, 99),
+                                 "other_outcomes": int(((g_status != 200) & (g_status != 503)).sum())},
+                }
+                grpc["accepted_p99_over_capacity_p99"] = round(grpc["overload"]["accepted_p99_ms"]
+                                                               / grpc["capacity"]["p99_ms"], 2)
         finally:
             done.set()
             sampler.join()
@@ -121,13 +188,16 @@ def main() -> int:
             "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
             "refused_p99_ms": loadgen.percentile_ms(refused, 99),
             "refused_max_ms": round(float(refused.max()) * 1000, 2) if len(refused) else None,
-            "other_outcomes": other,
+            "other_outcomes": other, "cpu_cores_used": cores,
         },
         "accepted_p99_over_capacity_p99": round(p99_accepted / p99_cap, 2),
         "accepted_p99_over_light_p99": round(p99_accepted / p99_light, 2),
-        "rss_mb": {"before": round(rss_before / 2**20, 1), "peak_under_overload": round(max(rss) / 2**20, 1)},
+        "grpc": grpc,
+        "rss_mb": {"before": round(rss_before / 2**20, 1), "peak_under_rest_overload": round(rss_rest / 2**20, 1),
+                   "peak_to_the_end": round(max(rss) / 2**20, 1)},
         "still_ready": still_ready, "exit_code_on_sigterm": exit_code,
         "load_average_before": load_before, "load_average_after": load_after,
+        "what": "Overload", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     text = json.dumps(summary, indent=2)
     print(text)

@@ -2,9 +2,10 @@
 refused at once (REST 503 `{"error": ...}` with Retry-After, gRPC UNAVAILABLE) instead of queueing.
 
 A request is held from when its body has been read (REST) or its message has arrived (gRPC) until its
-reply: it is decoded, queued for the micro-batcher, predicted and encoded meanwhile. REST looks before
-reading the body as well, so a refused body is never decoded (uvicorn still reads it off the
-connection). A held request waits behind at most `limit - 1` others: an accepted request takes about
+reply: it is decoded, queued for the micro-batcher, predicted and encoded meanwhile. A REST request past
+the bound is refused by its connection on its headers (connections.py), its body dropped unread by
+anything; the application looks before reading the body too, for the requests the connection leaves
+to it. A held request waits behind at most `limit - 1` others: an accepted request takes about
 `limit / throughput` seconds, and memory stays bounded however much is offered.
 
 Refusals are counted in `perf_predictor_rejected_total{reason="overload"}`, not as 5xx requests: load

@@ -12,23 +12,36 @@ open, idle ones included). So here, per connection:
 - past `max_connections` in this process, a new connection closes the connection that has waited
   longest for a request (idle, or its headers still arriving); if every one has a request in progress,
   the new connection's request gets 503 `{"error": ...}` and `Connection: close`. So clients holding
-  connections without sending cannot keep the kubelet's health checks out.
+  connections without sending cannot keep the kubelet's health checks out;
+- an inference request past the overload bound (admission.py) is answered 503 here, as soon as its
+  headers are in: `overload_refusal` (rest.py's, per process) names the reply. No ASGI cycle, task or
+  application runs for it, and its body is parsed off the connection in C and dropped, never held or
+  handed on. The connection then serves the next request (kept alive unless the request or the drain
+  says otherwise). A request pipelined behind one in progress is left to the application's own check,
+  so replies stay in order.
 """
 from __future__ import annotations
 
 import logging
 import resource
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .admission import RETRY_AFTER
 
 logger = logging.getLogger("perf_predictor")
 MAX_HEADER_BYTES = 16 << 10  # request line and header fields; as the gRPC port (grpc_server.py)
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 limits = None  # set by __main__ before the REST server is built (then Limits() is used where it is not)
 draining = False  # this process got SIGTERM: every reply closes its connection (start_draining)
+# (path, headers) -> the 503 body of an inference request past the overload bound, counted, or None to
+# serve it; set per process by rest.install (each worker process has its models' own bounds)
+overload_refusal: Optional[Callable[[str, list], Optional[bytes]]] = None
+OVERLOADED_HEADERS = b"content-type: application/json\r\n" + b"".join(b"%s: %s\r\n" % field for field in RETRY_AFTER)
 
 
 def default_max_connections() -> int:
@@ -73,6 +86,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.refused: Optional[int] = None  # the status this connection was answered with instead
         self.over_cap = False
+        self.discarding = False  # the body of a request refused for overload is being parsed and dropped
+        self.close_after_discard = False
 
     # --- the cap on connections
     def connection_made(self, transport) -> None:
@@ -82,7 +97,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._time_reads(self.limits.header_timeout)
 
     def _waiting_for_request(self) -> bool:
-        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline and not self.discarding
 
     def _close_longest_waiting(self) -> bool:
         waiting = [c for c in self.connections if c is not self and isinstance(c, LimitedHttpToolsProtocol)
@@ -100,6 +115,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _read_timed_out(self) -> None:
         self.read_timer = None
+        if self.discarding:  # its 503 has gone out; the rest of its body did not come
+            self.transport.close()
+            return
         if self.cycle is not None and not self.cycle.response_complete:  # the body did not arrive
             if self.cycle.response_started:
                 self.transport.abort()
@@ -122,7 +140,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        if self.refused is None:  # not after our own refusal, which stopped the parser
+        if self.discarding:  # a malformed body after its 503: nothing more to say
+            self.transport.close()
+        elif self.refused is None:  # not after our own refusal, which stopped the parser
             super().send_400_response(msg)
 
     def data_received(self, data: bytes) -> None:
@@ -150,6 +170,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._time_reads(self.limits.body_timeout)
+        if overload_refusal is not None and self._refused_for_overload():
+            return
         app = self.app
         if self.over_cap:  # uvicorn starts `self.app` for the request
             self.over_cap, self.app = False, refuse_over_cap
@@ -160,9 +182,50 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if draining and self.cycle is not None:
             self.cycle.keep_alive = False
 
+    # --- overload: refused on the headers, the body dropped as it is parsed
+    def _refused_for_overload(self) -> bool:
+        if self.over_cap or self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return False  # the answer to a request in progress goes first: the application refuses it
+        if self.parser.get_method() != b"POST" or self.parser.should_upgrade():
+            return False
+        try:
+            path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False
+        if b"%" in path:  # an escaped path is the application's to unquote
+            return False
+        body = overload_refusal(self.root_path + path.decode("ascii"), self.headers)
+        if body is None:
+            return False
+        keep_alive = (self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+                      and not draining)
+        # a client waiting for 100 Continue has sent no body and will not: the connection closes
+        closing = not keep_alive or self.expect_100_continue
+        head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [OVERLOADED_HEADERS, b"content-length: %d\r\n" % len(body),
+                 b"connection: close\r\n\r\n" if closing else b"\r\n", body]
+        self.transport.write(b"".join(head))
+        if self.expect_100_continue:
+            self.transport.close()
+        else:
+            self.discarding, self.close_after_discard = True, closing
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.discarding:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._time_reads(None)
-        super().on_message_complete()
+        if not self.discarding:
+            return super().on_message_complete()
+        self.discarding = False
+        if self.close_after_discard:  # the body was read first, so the kernel does not reset the reply
+            self.transport.close()
+        else:
+            self.on_response_complete()  # the next request: pipelined behind it, or after the keep-alive wait
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -75,9 +75,43 @@ async def reply_error(send, state: dict, status: int, message: str, reason: Opti
 
 
 async def reply_overloaded(send, state: dict, admission: Admission) -> None:
-    """503 with Retry-After: the process holds as many requests as it may (admission.py)."""
+    """503 with Retry-After: the process holds as many requests as it may (admission.py). Most such
+    requests are refused earlier, by the connection (OverloadRefusal); this is for the rest."""
     state.update(status=503, reason=OVERLOAD)
     await reply(send, 503, orjson.dumps({"error": admission.message()}), extra_headers=RETRY_AFTER)
+
+
+class OverloadRefusal:
+    """connections.overload_refusal for one process: the 503 body of a POST to an inference route
+    (v2 infer, versioned or not; v1 `:predict`; `/v1/timeseries/forecast` when this process serves
+    one model of ours, as that request names its model in the body) of a ready model of ours whose
+    bound is reached, counted as the application counts it; None for every other request, and for
+    one the application refuses anyway (authentication, an unknown version), so it answers those."""
+
+    def __init__(self, registry: ModelRepository, gate: auth.Gate):
+        self.registry = registry
+        self.gate = gate
+
+    def __call__(self, path: str, headers: list) -> Optional[bytes]:
+        if (match := INFERENCE_PATH.match(path)) is not None:
+            model, protocol = served(self.registry, match["v2"] or match["v1"]), "rest"
+            endpoint = "v2_infer" if match["v2"] else "v1_predict"
+            versioned = VERSIONED.match(path)
+            if versioned is not None and (model is None or versioned["version"] != model.version):
+                return None
+        elif path.rstrip("/") == timeseries.FORECAST_PATH:
+            ours = [m for m in (served(self.registry, n) for n in list(self.registry.get_models())) if m is not None]
+            model, protocol, endpoint = (ours[0] if len(ours) == 1 else None), timeseries.PROTOCOL, timeseries.ENDPOINT
+        else:
+            return None
+        if model is None or not model.ready or not model.admission.full():
+            return None
+        if self.gate.rest_refusal({"path": path, "headers": headers}) is not None:
+            return None
+        metrics.record(model.name, protocol, endpoint, 503, OVERLOAD, 0.0)
+        if protocol == timeseries.PROTOCOL:
+            return timeseries.overloaded_body(model)
+        return orjson.dumps({"error": model.admission.message()})
 
 
 async def infer_v2(model: PerfPredictor, scope, receive, send) -> None:
@@ -126,6 +160,7 @@ def answer_v2_infer_first(app, registry: ModelRepository) -> None:
     worker process, so the object itself changes: its class becomes a subclass that looks first."""
     base = type(app)
     gate = auth.Gate(auth.current(), registry)  # tokens, the repository API, liveness (auth.py)
+    connections.overload_refusal = OverloadRefusal(registry, gate)  # this process's connections refuse first
 
     class V2InferFirst(base):
         async def __call__(self, scope, receive, send):

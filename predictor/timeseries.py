@@ -297,6 +297,11 @@ async def refuse(send, error: ForecastError, state: Optional[dict] = None, extra
     await reply(send, error.status, error.response().model_dump_json().encode(), extra_headers=extra_headers)
 
 
+def overloaded_body(model: PerfPredictor) -> bytes:
+    """The 503 a forecast request gets past the model's bound (admission.py)."""
+    return ForecastError(OVERLOAD, model.admission.message(), status=503).response().model_dump_json().encode()
+
+
 def _ready_model(registry: ModelRepository, name: Any) -> Optional[PerfPredictor]:
     model = served(registry, name) if isinstance(name, str) else None
     return model if model is not None and model.ready else None
@@ -335,7 +340,7 @@ async def serve_forecast(registry: ModelRepository, scope, receive, send) -> Non
                                                        f"server serves {names}", "model", 404)
             if not model.ready:
                 raise ForecastError("model_not_ready", f"Model with name {model.name} is not ready", "model", 503)
-            if not model.admission.enter():
+            if not model.admission.enter():  # (most are refused by the connection first: rest.OverloadRefusal)
                 raise ForecastError(OVERLOAD, model.admission.message(), status=503)
             try:
                 response = await forecast(request, model)

@@ -4,6 +4,7 @@ one past it is refused at once, REST 503 with Retry-After and gRPC UNAVAILABLE, 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -11,8 +12,9 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
+from .test_auth import TOKEN_A, bearer, write_tokens
 from .test_grpc_front import infer
-from .test_metrics import scrape, value, wait_for_count
+from .test_metrics import scrape, value, wait_for_count, wait_for_workers
 from .test_serving import card, histories, post_raw, window  # noqa: F401 (fixtures)
 from .test_timeseries_api import forecast_request
 
@@ -21,6 +23,21 @@ def v2_body(window: int) -> bytes:
     data = histories(1, window)
     return json.dumps({"inputs": [{"name": "history", "datatype": "FP32", "shape": list(data.shape),
                                    "data": data.ravel().tolist()}]}).encode()
+
+
+def hold_the_place(srv, body: bytes, headers: tuple = ()) -> tuple[threading.Thread, list]:
+    """A request that takes the server's one place (its batch held by --max_batch_delay_ms); its reply
+    lands in the list once the thread ends."""
+    first: list = []
+    holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, {"Content-Type": "application/json",
+                                                                               **dict(headers)})))
+    holder.start()
+    deadline = time.monotonic() + 10
+    while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
+        assert time.monotonic() < deadline, "the first request never arrived"
+        time.sleep(0.02)
+    time.sleep(0.1)  # its body read and its place taken
+    return holder, first
 
 
 @pytest.mark.parametrize("front", ["native", "kserve"])
@@ -32,14 +49,7 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         wait_ready(srv)
         body, headers = v2_body(window), {"Content-Type": "application/json"}
         before = scrape(srv)
-        first: list = []
-        holder = threading.Thread(target=lambda: first.append(post_raw(srv, body, headers)))
-        holder.start()
-        deadline = time.monotonic() + 10
-        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 1:
-            assert time.monotonic() < deadline, "the first request never arrived"
-            time.sleep(0.02)
-        time.sleep(0.1)  # its body read and its place taken
+        holder, first = hold_the_place(srv, body)
 
         started = time.perf_counter()
         status, reply_headers, reply = post_raw(srv, body, headers)
@@ -80,5 +90,135 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         # not server errors: load alone must not fire PerfPredictorHighErrorRatio
         assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
             value(before, "perf_predictor_requests_total", status_class="5xx")
+    finally:
+        stop_server(srv)
+
+
+def request_head(path: str, length: int, *extra: str) -> bytes:
+    return "".join([f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n",
+                    f"content-length: {length}\r\n", *(f"{h}\r\n" for h in extra), "\r\n"]).encode()
+
+
+def read_reply(reader) -> tuple[int, dict, bytes]:
+    status = int(reader.readline().split(b" ", 2)[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers["content-length"]))
+
+
+def test_the_connection_refuses_on_the_headers_and_serves_the_next_request(model_dir, tmp_path, window, card):
+    # the request past the bound is answered by the connection (predictor/connections.py) as soon as its
+    # headers are in: its 503 arrives before a byte of its body is sent, the body is then dropped, and the
+    # requests that follow on the same keep-alive connection (pipelined in the same write) are served
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_requests_held", "1", "--max_batch_delay_ms", "3000")
+    try:
+        wait_ready(srv)
+        body, data = v2_body(window), histories(1, window)
+        forecast = forecast_request(data, 1).model_dump_json().encode()
+        v1 = json.dumps({"instances": data.tolist()}).encode()
+        before = scrape(srv)
+        holder, first = hold_the_place(srv, body)
+
+        with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(request_head(f"/v2/models/{MODEL_NAME}/infer", len(body)))
+            status, headers, reply = read_reply(reader)  # no body sent yet
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+            assert "connection" not in headers  # kept alive
+            assert "at capacity (1 requests in progress" in json.loads(reply)["error"]
+
+            # its body, then health (never refused) and a request pipelined behind it: the connection leaves
+            # that one to the application (replies stay in order), which refuses it as well
+            sock.sendall(body + b"GET /v2/health/ready HTTP/1.1\r\nhost: localhost\r\n\r\n"
+                         + request_head(f"/v2/models/{MODEL_NAME}/versions/{card['version']}/infer", len(body)) + body)
+            assert read_reply(reader)[0] == 200
+            status, headers, reply = read_reply(reader)
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+
+            sock.sendall(request_head("/v1/timeseries/forecast", len(forecast)))
+            status, headers, reply = read_reply(reader)  # before the forecast's body is sent
+            assert (status, headers.get("retry-after")) == (503, "1"), reply
+            error = json.loads(reply)["error"]  # KServe's ErrorResponse, as the API answers it
+            assert (error["type"], error["code"]) == ("overload", "503") and "at capacity" in error["message"]
+
+            # a client that closes after this request: 503, Connection: close, once its body has been read
+            sock.sendall(forecast + request_head(f"/v1/models/{MODEL_NAME}:predict", len(v1), "connection: close") + v1)
+            status, headers, reply = read_reply(reader)
+            assert (status, headers.get("retry-after"), headers.get("connection")) == (503, "1", "close"), reply
+            assert reader.read() == b""  # closed
+
+        holder.join(timeout=30)
+        assert first and first[0][0] == 200, first
+        assert post_raw(srv, body, {"Content-Type": "application/json"})[0] == 200  # the place is free again
+        after = scrape(srv)
+        for protocol, expected in (("rest", 3), ("timeseries", 1)):
+            refused_count = [value(s, "perf_predictor_rejected_total", protocol=protocol, reason="overload")
+                             for s in (before, after)]
+            assert refused_count[1] - refused_count[0] == expected, protocol
+        assert value(after, "perf_predictor_requests_total", status_class="5xx") == \
+            value(before, "perf_predictor_requests_total", status_class="5xx")
+        assert "Invalid HTTP request" not in srv.log()  # no body was taken for a request
+    finally:
+        stop_server(srv)
+
+
+def test_every_worker_process_refuses_on_its_connections(model_dir, tmp_path, window):
+    # --workers 2: each worker has its own bound (the model is pickled into it with an empty Admission)
+    # and its own connections' refusal (rest.install runs in each); both full, a time-series forecast's
+    # headers get their 503 before its body is sent, whichever worker takes the connection
+    srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2", "--max_requests_held", "1",
+                       "--max_batch_delay_ms", "15000")
+    try:
+        wait_ready(srv)
+        wait_for_workers(srv, 2, 120)
+        body = v2_body(window)
+        forecast = forecast_request(histories(1, window), 1).model_dump_json().encode()
+        before = scrape(srv)
+        holders, replies = [], []
+        deadline = time.monotonic() + 60
+        while value(scrape(srv), "perf_predictor_requests_in_flight", protocol="rest") < 2:
+            assert time.monotonic() < deadline, "two requests were never held at once"
+            # one more request: held if it lands on the worker with a free place, else refused at once
+            holder = threading.Thread(target=lambda: replies.append(post_raw(srv, body, {"Content-Type": "application/json"})))
+            holder.start()
+            holders.append(holder)
+            time.sleep(0.3)
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+                sock.sendall(request_head("/v1/timeseries/forecast", len(forecast)))
+                status, headers, reply = read_reply(sock.makefile("rb"))
+                assert (status, headers.get("retry-after")) == (503, "1"), reply
+        for holder in holders:
+            holder.join(timeout=60)
+        assert sorted({status for status, _, _ in replies}) in ([200], [200, 503]), replies
+        refused = wait_for_count(lambda: value(scrape(srv), "perf_predictor_rejected_total", protocol="timeseries",
+                                               reason="overload") - value(before, "perf_predictor_rejected_total",
+                                                                          protocol="timeseries", reason="overload"), 6)
+        assert refused == 6
+    finally:
+        stop_server(srv)
+
+
+def test_authentication_comes_before_the_overload_refusal(model_dir, tmp_path, window):
+    # the connection's refusal leaves a call without a valid token to the application, which answers 401
+    tokens = tmp_path / "tokens"
+    write_tokens(tokens, TOKEN_A)
+    srv = start_server(model_dir, tmp_path / "server.log", "--max_requests_held", "1", "--max_batch_delay_ms", "3000",
+                       "--auth_token_file", str(tokens))
+    try:
+        wait_ready(srv)
+        body = v2_body(window)
+        holder, first = hold_the_place(srv, body, tuple(bearer(TOKEN_A).items()))
+        path = f"/v2/models/{MODEL_NAME}/infer"
+        for extra, expected in (((), 401), (("authorization: Bearer tok-wrong-" + "x" * 22,), 401),
+                                ((f"authorization: Bearer {TOKEN_A}",), 503)):
+            with socket.create_connection(("127.0.0.1", srv.http_port), timeout=20) as sock:
+                sock.sendall(request_head(path, len(body), *extra))  # answered before the body
+                status, headers, reply = read_reply(sock.makefile("rb"))
+                assert status == expected, (extra, reply)
+        holder.join(timeout=30)
+        assert first and first[0][0] == 200, first
     finally:
         stop_server(srv)
