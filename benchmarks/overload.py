@@ -92,6 +92,19 @@ def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
         time.sleep(0.5)
 
 
+def pin(server_pids: list[int]) -> None:
+    """Every thread of the server (its predict threads included, started later from pinned threads) on CPU 0;
+    this process, and the h2load and gRPC callers it starts from now on, on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    for pid in server_pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(task), {cpus[0]})
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        os.sched_setaffinity(int(task), set(cpus[1:]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factor", type=float, default=4.0, help="offered load, as a multiple of capacity")
@@ -104,6 +117,9 @@ def main() -> int:
                         help="length of each gRPC phase (0: none): bound callers, then factor x bound callers")
     parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
     parser.add_argument("--model_dir", type=Path)
+    parser.add_argument("--pin", action="store_true",
+                        help="the server's threads on CPU 0, this script and its load generators on the other CPUs, "
+                             "so every phase measures a server with one whole core")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -117,6 +133,8 @@ def main() -> int:
                                   *shlex.split(args.server_flags))
     try:
         server.wait_ready()
+        if args.pin:
+            pin(server.pids())
         load_before = loadgen.load_average()
         h2load(server, body, work, "warm-up", 4, 3)
         rss_before = sum(loadgen.rss_bytes(server.pids()).values())
@@ -176,7 +194,7 @@ def main() -> int:
     p99_light, p99_cap = loadgen.percentile_ms(light_s, 99), loadgen.percentile_ms(cap_s, 99)
     p99_accepted = loadgen.percentile_ms(accepted, 99)
     summary = {
-        "series_per_request": args.series, "bound": args.bound, "factor": args.factor,
+        "series_per_request": args.series, "bound": args.bound, "factor": args.factor, "pinned": args.pin,
         "light": {"requests": len(light_s), "p50_ms": loadgen.percentile_ms(light_s, 50), "p99_ms": p99_light,
                   "errors": int((light_status != 200).sum())},
         "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
