@@ -220,6 +220,7 @@ def main() -> int:
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     return 0
 

@@ -110,7 +110,9 @@ def limits_section(health: dict | None, fuzz: dict | None) -> str:
 def overload_section(o: dict) -> str:
     rest, grpc = o["overload"], o.get("grpc") or {}
     lines = ["## Overload", "", f"One process, bound {o['bound']} (`--max_requests_held`), {o['series_per_request']} series "
-             f"per request, offered {o['factor']:g}x the capacity measured in the same run.", "",
+             f"per request, offered {o['factor']:g}x the capacity measured in the same run"
+             + (" (`--pin`: the server on one core, the load generators on the other)" if o.get("pinned") else "")
+             + ".", "",
              "| measurement | REST | gRPC |", "|---|---:|---:|",
              f"| light (1 client): p50 / p99, ms | {o['light']['p50_ms']} / {o['light']['p99_ms']} | |"]
     gcap, gover = grpc.get("capacity", {}), grpc.get("overload", {})
