@@ -79,6 +79,21 @@ class SeriesResult:
                 "calibration": self.calibration}
 
 
+DAY = 86400.0
+
+
+def worst_day(result: SeriesResult) -> tuple[int, int]:
+    """Slice indices [lo, hi) of the day (or the whole replay, if shorter) centred on reactive scaling's
+    largest shortfall of ready capacity below demand (the middle of the replay when it had none)."""
+    reactive = result.trajectories["reactive"]
+    n = len(reactive.time)
+    short = reactive.ready * result.capacity - reactive.demand
+    worst = int(np.argmin(short)) if n and short.min() < 0 else n // 2
+    per_day = int(DAY // (reactive.time[1] - reactive.time[0])) if n > 1 else 1
+    lo = max(0, min(worst - per_day // 2, n - per_day))
+    return lo, min(n, lo + per_day)
+
+
 def replay_start(window: int, step: float, settings: Settings) -> float:
     """The first sync at which the bucket ending the first full window has been scraped."""
     sync = settings.hpa.sync_period

@@ -6,22 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import SeriesResult
+from .compare import SeriesResult, worst_day
 
-DAY = 86400.0
 COLOURS = ("#9e9e9e", "#d62728", "#1f77b4")  # demand, reactive, predictive (as the PNG)
-
-
-def worst_day(result: SeriesResult) -> tuple[int, int]:
-    """Slice indices [lo, hi) of the day (or the whole replay, if shorter) centred on reactive's largest
-    shortfall of ready capacity below demand."""
-    reactive = result.trajectories["reactive"]
-    n = len(reactive.time)
-    short = reactive.ready * result.capacity - reactive.demand
-    worst = int(np.argmin(short)) if n and short.min() < 0 else n // 2
-    per_day = int(DAY // (reactive.time[1] - reactive.time[0])) if n > 1 else 1
-    lo = max(0, min(worst - per_day // 2, n - per_day))
-    return lo, min(n, lo + per_day)
 
 
 def chart(result: SeriesResult) -> str:

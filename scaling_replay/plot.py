@@ -8,11 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from .compare import SeriesResult  # noqa: E402
-
-DAY = 86400.0
+from .compare import SeriesResult, worst_day  # noqa: E402
 
 
 def _panel(ax, result: SeriesResult, lo: int, hi: int) -> None:
@@ -29,17 +26,13 @@ def _panel(ax, result: SeriesResult, lo: int, hi: int) -> None:
 
 
 def write_png(result: SeriesResult, path: Path) -> Path:
-    reactive = result.trajectories["reactive"]
-    n = len(reactive.time)
-    short = (reactive.ready * result.capacity - reactive.demand).clip(max=0)
-    worst = int(np.argmin(short)) if short.min() < 0 else n // 2
-    per_day = int(DAY // (reactive.time[1] - reactive.time[0])) if n > 1 else 1
-    lo = max(0, min(worst - per_day // 2, n - per_day))
+    n = len(result.trajectories["reactive"].time)
+    lo, hi = worst_day(result)
     fig, axes = plt.subplots(2, 1, figsize=(12, 7), constrained_layout=True)
     _panel(axes[0], result, 0, n)
     axes[0].set_title(f"{result.name}: whole replay, replica-hours reactive {result.reactive.replica_hours:,.0f}, "
                       f"predictive {result.predictive.replica_hours:,.0f}")
-    _panel(axes[1], result, lo, min(n, lo + per_day))
+    _panel(axes[1], result, lo, hi)
     axes[1].set_title("the day around reactive scaling's largest shortfall")
     axes[1].legend(loc="upper left", fontsize=8)
     fig.savefig(path, dpi=90)
