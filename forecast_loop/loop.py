@@ -122,7 +122,7 @@ class ForecastLoop:
                 raise TargetError("quantile_not_served", f"capacity.quantile {target.capacity.quantile:g} is not "
                                   f"one of the model's {', '.join(map(quantile_label, spec.quantiles))}")
             state.capacity_index = spec.quantiles.index(target.capacity.quantile)
-        median = int(np.argmin(np.abs(np.asarray(spec.quantiles) - 0.5)))
+        median = spec.median_index
         if target.capacity is not None and target.capacity.calibrate and \
                 not spec.quantiles[median] < target.capacity.quantile:
             raise TargetError("quantile_not_served", f"capacity.calibrate needs a model quantile nearer the median "

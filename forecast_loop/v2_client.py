@@ -44,6 +44,11 @@ class ModelSpec:
     step: Optional[float]  # seconds; None when the server does not publish it
     version: str = ""
 
+    @property
+    def median_index(self) -> int:
+        """The index of the quantile nearest 0.5: the forecast the loop scores and calibrates around."""
+        return min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - 0.5))
+
 
 class V2Client:
     def __init__(self, config: ModelConfig):

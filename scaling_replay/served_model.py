@@ -99,7 +99,6 @@ def origin_forecasts(model: V2Client, spec: ModelSpec, values: np.ndarray, quant
     if len(values) < spec.window:
         return out[0], out[1]
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(values, dtype=np.float64), spec.window)
-    median = int(np.argmin(np.abs(np.asarray(spec.quantiles) - 0.5)))
     forecasts = model.forecast(windows, spec)
-    out[:, spec.window - 1:] = forecasts[[spec.quantiles.index(quantile), median]]
+    out[:, spec.window - 1:] = forecasts[[spec.quantiles.index(quantile), spec.median_index]]
     return out[0], out[1]
