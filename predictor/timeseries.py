@@ -297,9 +297,13 @@ async def refuse(send, error: ForecastError, state: Optional[dict] = None, extra
     await reply(send, error.status, error.response().model_dump_json().encode(), extra_headers=extra_headers)
 
 
-def overloaded_body(model: PerfPredictor) -> bytes:
+def overloaded(model: PerfPredictor) -> ForecastError:
     """The 503 a forecast request gets past the model's bound (admission.py)."""
-    return ForecastError(OVERLOAD, model.admission.message(), status=503).response().model_dump_json().encode()
+    return ForecastError(OVERLOAD, model.admission.message(), status=503)
+
+
+def overloaded_body(model: PerfPredictor) -> bytes:
+    return overloaded(model).response().model_dump_json().encode()
 
 
 def _ready_model(registry: ModelRepository, name: Any) -> Optional[PerfPredictor]:
@@ -341,7 +345,7 @@ async def serve_forecast(registry: ModelRepository, scope, receive, send) -> Non
             if not model.ready:
                 raise ForecastError("model_not_ready", f"Model with name {model.name} is not ready", "model", 503)
             if not model.admission.enter():  # (most are refused by the connection first: rest.OverloadRefusal)
-                raise ForecastError(OVERLOAD, model.admission.message(), status=503)
+                raise overloaded(model)
             try:
                 response = await forecast(request, model)
             finally:
