@@ -14,12 +14,19 @@ The batcher is driven by loop callbacks, not a task: a batch is taken by a callb
 first request of it arrives (after every request already on its way through the loop), and each
 request's `done` is called as soon as its rows are predicted, so a server that can write its reply from
 there (the native gRPC server) does so before anything else runs.
+
+The forecast thread (and numba's threads, which it starts) runs at a lower CPU priority than the event
+loop (nice +FORECAST_NICE): on a saturated core the loop still reads, refuses and answers at once, and
+predicts take the time it leaves. At the same priority the scheduler would split the core between them,
+and every request, a refusal too, would wait for the loop's turn.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -27,6 +34,7 @@ import numpy as np
 
 logger = logging.getLogger("perf_predictor")
 
+FORECAST_NICE = 10  # added to the forecast thread's nice value (weight about a tenth of the loop's)
 Predict = Callable[[np.ndarray], np.ndarray]
 # called on the event loop with the request's forecasts [q, n, h], or with the exception that failed its batch
 Done = Callable[[Optional[np.ndarray], Optional[BaseException]], None]
@@ -60,7 +68,8 @@ class MicroBatcher:
         self._running = False  # a batch is being predicted on the forecast thread
         # One thread runs every predict that is not inline: the event loop stays free, and requests
         # never compete for the cores with each other's OpenMP teams.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast",
+                                            initializer=lower_priority)
 
     def submit(self, windows: np.ndarray, inline: bool, done: Done) -> Pending:
         """Queues windows [n, W]; `done` gets the predict function's output for them, [q, n, h]. Call
@@ -138,6 +147,17 @@ class MicroBatcher:
                 except Exception:  # one request's reply failing must not lose the others'
                     logger.exception("delivering a forecast failed")
             start += len(p.windows)
+
+
+def lower_priority() -> None:
+    """The calling thread (and the threads it starts) yields the CPU to the event loop: nice +FORECAST_NICE.
+    Raising one's own nice value needs no privilege; if it fails all the same, predicts share the CPU
+    evenly with the loop, as before, and that is said once."""
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + FORECAST_NICE))
+    except OSError as exc:
+        logger.warning("the forecast thread keeps the event loop's CPU priority: %s", exc)
 
 
 async def until_done(submit: Callable[[Done], Any]) -> Any:

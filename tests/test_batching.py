@@ -164,3 +164,28 @@ def test_a_batcher_moves_to_a_new_event_loop():
     asyncio.run(leave_one_running())
     out = asyncio.run(asyncio.wait_for(batcher.forecast(rows(7, 1)), 5))
     np.testing.assert_array_equal(out[0], rows(7, 1)[:, :2])
+
+
+def test_predicts_run_at_a_lower_cpu_priority_than_the_event_loop_and_so_do_threads_they_start():
+    """The forecast thread yields the core to the event loop (batching.lower_priority): its nice value is
+    the loop's + FORECAST_NICE (at most 19), read from the kernel for the thread that ran the predict and
+    for a thread that predict started (numba's threads are started that way)."""
+    import os
+    import threading
+
+    from predictor.batching import FORECAST_NICE
+
+    seen: list[int] = []
+
+    def model(windows: np.ndarray) -> np.ndarray:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        child.start()
+        child.join()
+        return np.stack([windows[:, :2]])
+
+    batcher = MicroBatcher(model)
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    asyncio.run(batcher.forecast(rows(0, 1), inline=False))
+    assert seen == [min(19, loop_nice + FORECAST_NICE)] * 2
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is unchanged
