@@ -40,10 +40,12 @@ import loadgen  # noqa: E402
 
 
 def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: int, seconds: float,
-           rps_per_client: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+           rps_per_client: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """HTTP/1.1 keep-alive load from h2load (C, so the load generator does not take the server's core):
     `clients` connections, one request in flight each, sent back to back or `rps_per_client` a second
-    each. (status, seconds) of every request, from h2load's per-request log."""
+    each. (status, seconds) of every request, from h2load's per-request log, and the seconds from the first
+    request's start to the last one's end (h2load runs until it has sent its count, which may take longer
+    than asked when replies are slow)."""
     log = work / f"{name}.tsv"
     log.unlink(missing_ok=True)  # h2load appends
     cmd = ["h2load", "--h1", "-c", str(clients), "-m", "1", "-t", "1", "-D", f"{seconds:g}", "-d", str(body),
@@ -61,7 +63,8 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
     if run.returncode != 0 or not log.exists():
         raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
-    return rows[:, 1], rows[:, 2] / 1e6
+    span = float((rows[:, 0] + rows[:, 2]).max() - rows[:, 0].min()) / 1e6
+    return rows[:, 1], rows[:, 2] / 1e6, span
 
 
 def grpc_phase(server: loadgen.Server, window: int, series: int, callers: int, seconds: float):
@@ -138,9 +141,9 @@ def main() -> int:
         load_before = loadgen.load_average()
         h2load(server, body, work, "warm-up", 4, 3)
         rss_before = sum(loadgen.rss_bytes(server.pids()).values())
-        light_status, light_s = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
-        cap_status, cap_s = h2load(server, body, work, "capacity", args.bound, args.seconds)
-        capacity = len(cap_s) / args.seconds
+        light_status, light_s, _ = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
+        cap_status, cap_s, cap_span = h2load(server, body, work, "capacity", args.bound, args.seconds)
+        capacity = len(cap_s) / cap_span
         offered = args.factor * capacity
         rss, done = [], threading.Event()
         sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
@@ -149,7 +152,7 @@ def main() -> int:
             # where the machine's cores went during the overload phase: the server, and h2load (a child)
             server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = time.monotonic()
-            status, seconds = h2load(server, body, work, "overload", args.connections, args.seconds,
+            status, seconds, span = h2load(server, body, work, "overload", args.connections, args.seconds,
                                      offered / args.connections)
             wall = time.monotonic() - wall
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -201,7 +204,8 @@ def main() -> int:
                      "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
         "overload": {
             "offered_rps": round(offered, 1), "connections": args.connections, "sent": len(status),
-            "accepted": len(accepted), "accepted_rps": round(len(accepted) / args.seconds, 1),
+            "sent_rps": round(len(status) / span, 1), "seconds": round(span, 1),
+            "accepted": len(accepted), "accepted_rps": round(len(accepted) / span, 1),
             "accepted_p50_ms": loadgen.percentile_ms(accepted, 50), "accepted_p99_ms": p99_accepted,
             "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
             "refused_p99_ms": loadgen.percentile_ms(refused, 99),

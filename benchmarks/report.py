@@ -121,7 +121,8 @@ def overload_section(o: dict) -> str:
         f"{o['capacity']['p99_ms']} | {gcap.get('rps', ''):,} / {gcap.get('p99_ms', '')} |" if gcap else
         f"| capacity ({o['capacity']['clients']} clients): req/s, p99 ms | {o['capacity']['rps']:,} / "
         f"{o['capacity']['p99_ms']} | |",
-        f"| overload offered | {rest['offered_rps']:,} req/s on {rest['connections']} connections | "
+        f"| overload offered (sent) | {rest['offered_rps']:,} ({rest.get('sent_rps', '?'):,}) req/s on "
+        f"{rest['connections']} connections | "
         f"{gover.get('callers', '')} callers |",
         f"| accepted: req/s, p50 / p99 ms | {rest['accepted_rps']:,}, {rest['accepted_p50_ms']} / "
         f"{rest['accepted_p99_ms']} | {gover.get('accepted_rps', 0):,}, {gover.get('accepted_p50_ms', '')} / "
