@@ -14,7 +14,8 @@ refused in two windows in a row, the bound becomes `limit` scaled by the through
 the process has shown (smoothed over windows; not below a quarter of `limit`; unscaled while within
 SLACK of the best): accepted requests keep about the latency they have at capacity. A window with no
 refusal restores `limit`. Clients that retry at once would otherwise hold a lowered bound down for good
-(their refusals keep the throughput down), so every PROBE_WINDOWS windows one is served at `limit`.
+(their refusals keep the throughput down), so every PROBE_WINDOWS windows one is served at `limit`: a
+probe costs the requests it admits a longer wait, so it is rare.
 
 Refusals are counted in `perf_predictor_rejected_total{reason="overload"}`, not as 5xx requests: load
 alone must not fire the error-ratio alert (benchmarks/overload.py measures the bound).
@@ -29,7 +30,7 @@ RETRY_AFTER_S = 1
 RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header every refusal carries
 WINDOW_S = 0.25  # throughput is measured over windows this long
 SLACK = 0.8  # throughput at least this share of the best: the bound stays `limit`
-PROBE_WINDOWS = 16  # after this many windows below `limit`, one window at `limit` (below)
+PROBE_WINDOWS = 120  # after this many windows (30 s) below `limit`, one window at `limit` (below)
 
 
 class Admission:
