@@ -4,22 +4,22 @@ process with its default bound (--max_requests_held 64, predictor/admission.py).
     .venv/bin/python benchmarks/overload.py                  # ~2 minutes
     .venv/bin/python benchmarks/overload.py --factor 4 --seconds 20 --series 16 --server_flags="--max_requests_held 64"
 
-Load from h2load (HTTP/1.1 keep-alive, per-request log). Phases, one server, one run:
-1. light: 1 closed-loop client (the latency of a server with nothing else to do);
-2. capacity: as many closed-loop clients as the bound (in flight never passes it, so nothing is refused):
-   its throughput is the capacity, its latency the latency at capacity;
-3. overload: --factor x capacity offered by --connections keep-alive connections, each at its share of
-   the rate (h2load --rps; a connection waits for its reply before its next request). Accepted requests' p99 is compared with phases 1 and 2;
-   refused ones (503) must come back in under 5 ms; RSS of the server is sampled throughout;
-4. gRPC (native front): --bound closed-loop callers (capacity), then --factor x --bound callers, each
-   calling again as soon as it is answered or refused (grpc.aio in this process: a Python client cannot
-   offer 4x the rate open loop, so this is 4x the concurrency). UNAVAILABLE counts as refused.
-The server must still be ready afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
+Load from C clients with a per-request log: h2load for REST (HTTP/1.1 keep-alive) and h2grpc.c for gRPC
+(the native front; the same semantics, with each call's grpc-status). Phases, one server, one run:
+1. light: 1 closed-loop REST client (the latency of a server with nothing else to do);
+2. capacity, REST then gRPC: as many closed-loop connections as the bound (in flight never passes it, so
+   nothing is refused): its throughput is the capacity, its latency the latency at capacity;
+3. overload, REST then gRPC: --factor x that protocol's capacity offered by --connections connections,
+   each at its share of the rate and waiting for its reply before its next request (open loop, so a
+   refusal's latency is the server's, not a client queue's). Accepted requests' p99 is compared with the
+   capacity phase's; refused ones (503, UNAVAILABLE) must come back in under 5 ms; RSS is sampled.
+The capacity phases come first: after an overload the bound may still be lowered (admission.py), and
+closed-loop clients that retry at once would be measuring that. The server must still be ready
+afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import h2grpc  # noqa: E402
 import loadgen  # noqa: E402
 
 
@@ -67,14 +68,24 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
     return rows[:, 1], rows[:, 2] / 1e6, span
 
 
-def grpc_phase(server: loadgen.Server, window: int, series: int, callers: int, seconds: float):
-    """`callers` closed-loop gRPC callers (grpc.aio, this process), each sending its next call when its last
-    is answered, refused or not: (status, seconds) of every call (503 for UNAVAILABLE)."""
-    outcomes = loadgen.Outcomes()
-    asyncio.run(loadgen.closed_loop(outcomes, time.monotonic() + seconds, 0, callers, server.http_port,
-                                    server.grpc_port, window, series))
-    _, latency, status, _ = outcomes.arrays()
-    return status, latency
+def grpc_load(binary: Path, server: loadgen.Server, body: Path, work: Path, name: str, connections: int,
+              seconds: float, rps_per_connection: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """h2grpc's calls, as h2load() gives requests: (grpc-status, seconds) of each, and the span they took."""
+    calls = h2grpc.calls(binary, server.grpc_port, body, connections, rps_per_connection, seconds, work / f"{name}.tsv")
+    return calls.status, calls.seconds, float((calls.start + calls.seconds).max() - calls.start.min())
+
+
+def outcome(status: np.ndarray, seconds: np.ndarray, span: float, ok: int, refused: int) -> dict:
+    """Accepted (`ok`) and refused (`refused`) requests of an overload phase: rates and latencies."""
+    accepted, refusals = seconds[status == ok], seconds[status == refused]
+    return {"sent": len(status), "sent_rps": round(len(status) / span, 1), "seconds": round(span, 1),
+            "accepted": len(accepted), "accepted_rps": round(len(accepted) / span, 1),
+            "accepted_p50_ms": loadgen.percentile_ms(accepted, 50),
+            "accepted_p99_ms": loadgen.percentile_ms(accepted, 99),
+            "refused": len(refusals), "refused_p50_ms": loadgen.percentile_ms(refusals, 50),
+            "refused_p99_ms": loadgen.percentile_ms(refusals, 99),
+            "refused_max_ms": round(float(refusals.max()) * 1000, 2) if len(refusals) else None,
+            "other_outcomes": int(((status != ok) & (status != refused)).sum())}
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -117,7 +128,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=256,
                         help="connections of the overload phase, each sending at its share of the offered rate")
     parser.add_argument("--grpc_seconds", type=float, default=15,
-                        help="length of each gRPC phase (0: none): bound callers, then factor x bound callers")
+                        help="length of each gRPC phase (0: none; needs a C compiler and libnghttp2.so.14)")
     parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
     parser.add_argument("--model_dir", type=Path)
     parser.add_argument("--pin", action="store_true",
@@ -139,12 +150,19 @@ def main() -> int:
         if args.pin:
             pin(server.pids())
         load_before = loadgen.load_average()
+        grpc_on = args.grpc_seconds > 0
+        if grpc_on:
+            binary = h2grpc.build(work)
+            grpc_body = h2grpc.write_body(work / "request.grpc", loadgen.window_of(model_dir), args.series)
         h2load(server, body, work, "warm-up", 4, 3)
         rss_before = sum(loadgen.rss_bytes(server.pids()).values())
         light_status, light_s, _ = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
         cap_status, cap_s, cap_span = h2load(server, body, work, "capacity", args.bound, args.seconds)
         capacity = len(cap_s) / cap_span
-        offered = args.factor * capacity
+        if grpc_on:
+            g_cap_status, g_cap_s, g_cap_span = grpc_load(binary, server, grpc_body, work, "grpc-capacity", args.bound,
+                                                          args.grpc_seconds)
+            g_capacity = len(g_cap_s) / g_cap_span
         rss, done = [], threading.Event()
         sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
         sampler.start()
@@ -153,7 +171,7 @@ def main() -> int:
             server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = time.monotonic()
             status, seconds, span = h2load(server, body, work, "overload", args.connections, args.seconds,
-                                     offered / args.connections)
+                                           args.factor * capacity / args.connections)
             wall = time.monotonic() - wall
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cores = {"server": round((cpu_seconds(server.pids()) - server_cpu) / wall, 2),
@@ -161,26 +179,18 @@ def main() -> int:
                      "machine": os.cpu_count()}
             rss_rest = max(rss)
             grpc = {}
-            if args.grpc_seconds > 0:
-                window = loadgen.window_of(model_dir)
-                g_cap_status, g_cap_s = grpc_phase(server, window, args.series, args.bound, args.grpc_seconds)
-                callers = round(args.factor * args.bound)
-                g_status, g_s = grpc_phase(server, window, args.series, callers, args.grpc_seconds)
-                g_ok, g_refused = g_s[g_status == 200], g_s[g_status == 503]
+            if grpc_on:
+                g_status, g_s, g_span = grpc_load(binary, server, grpc_body, work, "grpc-overload", args.connections,
+                                                  args.grpc_seconds, args.factor * g_capacity / args.connections)
+                p99 = loadgen.percentile_ms(g_cap_s, 99)
                 grpc = {
-                    "capacity": {"callers": args.bound, "rps": round(len(g_cap_s) / args.grpc_seconds, 1),
-                                 "p50_ms": loadgen.percentile_ms(g_cap_s, 50), "p99_ms": loadgen.percentile_ms(g_cap_s, 99),
-                                 "errors": int((g_cap_status != 200).sum())},
-                    "overload": {"callers": callers, "calls": len(g_s), "accepted": len(g_ok),
-                                 "accepted_rps": round(len(g_ok) / args.grpc_seconds, 1),
-                                 "accepted_p50_ms": loadgen.percentile_ms(g_ok, 50),
-                                 "accepted_p99_ms": loadgen.percentile_ms(g_ok, 99),
-                                 "refused": len(g_refused), "refused_p50_ms": loadgen.percentile_ms(g_refused, 50),
-                                 "refused_p99_ms": loadgen.percentile_ms(g_refused, 99),
-                                 "other_outcomes": int(((g_status != 200) & (g_status != 503)).sum())},
+                    "capacity": {"connections": args.bound, "rps": round(g_capacity, 1),
+                                 "p50_ms": loadgen.percentile_ms(g_cap_s, 50), "p99_ms": p99,
+                                 "errors": int((g_cap_status != 0).sum())},
+                    "overload": {"offered_rps": round(args.factor * g_capacity, 1), "connections": args.connections,
+                                 **outcome(g_status, g_s, g_span, ok=0, refused=14)},
                 }
-                grpc["accepted_p99_over_capacity_p99"] = round(grpc["overload"]["accepted_p99_ms"]
-                                                               / grpc["capacity"]["p99_ms"], 2)
+                grpc["accepted_p99_over_capacity_p99"] = round(grpc["overload"]["accepted_p99_ms"] / p99, 2)
         finally:
             done.set()
             sampler.join()
@@ -192,28 +202,18 @@ def main() -> int:
         load_after = loadgen.load_average()
     finally:
         exit_code = server.stop()
-    accepted, refused = seconds[status == 200], seconds[status == 503]
-    other = int(((status != 200) & (status != 503)).sum())
     p99_light, p99_cap = loadgen.percentile_ms(light_s, 99), loadgen.percentile_ms(cap_s, 99)
-    p99_accepted = loadgen.percentile_ms(accepted, 99)
+    rest = outcome(status, seconds, span, ok=200, refused=503)
     summary = {
         "series_per_request": args.series, "bound": args.bound, "factor": args.factor, "pinned": args.pin,
         "light": {"requests": len(light_s), "p50_ms": loadgen.percentile_ms(light_s, 50), "p99_ms": p99_light,
                   "errors": int((light_status != 200).sum())},
         "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
                      "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
-        "overload": {
-            "offered_rps": round(offered, 1), "connections": args.connections, "sent": len(status),
-            "sent_rps": round(len(status) / span, 1), "seconds": round(span, 1),
-            "accepted": len(accepted), "accepted_rps": round(len(accepted) / span, 1),
-            "accepted_p50_ms": loadgen.percentile_ms(accepted, 50), "accepted_p99_ms": p99_accepted,
-            "refused": len(refused), "refused_p50_ms": loadgen.percentile_ms(refused, 50),
-            "refused_p99_ms": loadgen.percentile_ms(refused, 99),
-            "refused_max_ms": round(float(refused.max()) * 1000, 2) if len(refused) else None,
-            "other_outcomes": other, "cpu_cores_used": cores,
-        },
-        "accepted_p99_over_capacity_p99": round(p99_accepted / p99_cap, 2),
-        "accepted_p99_over_light_p99": round(p99_accepted / p99_light, 2),
+        "overload": {"offered_rps": round(args.factor * capacity, 1), "connections": args.connections, **rest,
+                     "cpu_cores_used": cores},
+        "accepted_p99_over_capacity_p99": round(rest["accepted_p99_ms"] / p99_cap, 2),
+        "accepted_p99_over_light_p99": round(rest["accepted_p99_ms"] / p99_light, 2),
         "grpc": grpc,
         "rss_mb": {"before": round(rss_before / 2**20, 1), "peak_under_rest_overload": round(rss_rest / 2**20, 1),
                    "peak_to_the_end": round(max(rss) / 2**20, 1)},

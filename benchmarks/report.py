@@ -117,13 +117,13 @@ def overload_section(o: dict) -> str:
              f"| light (1 client): p50 / p99, ms | {o['light']['p50_ms']} / {o['light']['p99_ms']} | |"]
     gcap, gover = grpc.get("capacity", {}), grpc.get("overload", {})
     lines += [
-        f"| capacity ({o['capacity']['clients']} clients): req/s, p99 ms | {o['capacity']['rps']:,} / "
+        f"| capacity ({o['capacity']['clients']} connections, closed loop): req/s, p99 ms | {o['capacity']['rps']:,} / "
         f"{o['capacity']['p99_ms']} | {gcap.get('rps', ''):,} / {gcap.get('p99_ms', '')} |" if gcap else
-        f"| capacity ({o['capacity']['clients']} clients): req/s, p99 ms | {o['capacity']['rps']:,} / "
+        f"| capacity ({o['capacity']['clients']} connections, closed loop): req/s, p99 ms | {o['capacity']['rps']:,} / "
         f"{o['capacity']['p99_ms']} | |",
-        f"| overload offered (sent) | {rest['offered_rps']:,} ({rest.get('sent_rps', '?'):,}) req/s on "
-        f"{rest['connections']} connections | "
-        f"{gover.get('callers', '')} callers |",
+        f"| overload offered (sent), req/s | {rest['offered_rps']:,} ({rest['sent_rps']:,}) on "
+        f"{rest['connections']} connections | " + (f"{gover['offered_rps']:,} ({gover['sent_rps']:,}) on "
+                                                  f"{gover['connections']} connections |" if gover else " |"),
         f"| accepted: req/s, p50 / p99 ms | {rest['accepted_rps']:,}, {rest['accepted_p50_ms']} / "
         f"{rest['accepted_p99_ms']} | {gover.get('accepted_rps', 0):,}, {gover.get('accepted_p50_ms', '')} / "
         f"{gover.get('accepted_p99_ms', '')} |",
