@@ -180,16 +180,23 @@ class RestConnection:
         self.reader = self.writer = None
 
 
+def grpc_request(window: int, series: int):
+    """The ModelInferRequest of `series` histories, raw FP32 contents."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    data = histories(series, window)
+    request = pb.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[data.astype("<f4").tobytes()])
+    request.inputs.add(name="history", datatype="FP32", shape=list(data.shape))
+    return request
+
+
 class GrpcClient:
     def __init__(self, port: int, window: int, series: int):
         import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
         from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
         self.grpc = grpc
-        data = histories(series, window)
-        self.request = pb.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[data.astype("<f4").tobytes()])
-        self.request.inputs.add(name="history", datatype="FP32", shape=list(data.shape))
+        self.request = grpc_request(window, series)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = GRPCInferenceServiceStub(self.channel)
 
