@@ -36,13 +36,15 @@ PROBE_WINDOWS = 120  # after this many windows (30 s) below `limit`, one window 
 class Admission:
     """The requests one process holds for one model; `limit` 0 means unbounded."""
 
-    __slots__ = ("limit", "held", "bound", "_clock", "_window_end", "_completed", "_refused", "_refused_before",
+    __slots__ = ("limit", "held", "bound", "on_bound", "_clock", "_window_end", "_completed", "_refused", "_refused_before",
                  "_rate", "_best", "_below")
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic,
+                 on_bound: Callable[[int], None] = lambda bound: None):
         self.limit = limit
         self.held = 0
         self.bound = limit  # what `held` may reach now: `limit`, or less while overloaded (above)
+        self.on_bound = on_bound  # told each new bound (the metric)
         self._clock = clock
         self._window_end = clock() + WINDOW_S
         self._completed = 0  # requests answered in this window
@@ -83,11 +85,14 @@ class Admission:
         self._rate = weight * self._rate + (1 - weight) * rate
         self._best = max(self._best, self._rate)
         overloaded = self._refused and self._refused_before and windows < 2
+        bound = self.bound
         if overloaded and self._best > 0 and self._rate < SLACK * self._best and self._below < PROBE_WINDOWS:
             self.bound = max(max(1, self.limit // 4), round(self.limit * self._rate / self._best))
             self._below += 1
         elif not self._refused or self._below:
             self.bound, self._below = self.limit, 0
+        if self.bound != bound:
+            self.on_bound(self.bound)
         self._refused_before, self._refused, self._completed = self._refused, False, 0
         self._window_end = now + WINDOW_S
 

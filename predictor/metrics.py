@@ -46,6 +46,9 @@ AUTH_FAILURES = Counter("perf_predictor_auth_failures", "Calls refused for want 
 REJECTED = Counter("perf_predictor_rejected", "Inference requests refused before any work because the process "
                    "held as many as it may (reason overload); not counted in perf_predictor_requests_total.",
                    ["model", "protocol", "reason"])
+HELD_BOUND = Gauge("perf_predictor_requests_held_bound", "Inference requests the process may hold now: "
+                   "--max_requests_held, or fewer while refusals slow it (admission.py); 0 is no bound.",
+                   ["model"], multiprocess_mode="livesum")
 LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify, load and compile the model.",
                      ["model"], multiprocess_mode="max")
 MODEL_INFO = Gauge("perf_predictor_model_info", "The served model, from its model card (value is 1).",
@@ -106,6 +109,10 @@ def record_model(name: str, card: dict, load_seconds: float) -> None:
 
 
 @functools.cache
+def record_bound(model: str, bound: int) -> None:
+    HELD_BOUND.labels(model).set(bound)
+
+
 def predict_seconds(model: str):
     """KServe's predict-time histogram for `model`, which the v2 paths feed as KServe's own path does."""
     return PREDICT_HIST_TIME.labels(**get_labels(model))

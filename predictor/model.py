@@ -53,17 +53,21 @@ class PerfPredictor(Model):
         self.card: dict = {}
         self.history_length: Optional[HistoryLength] = None
         self._batcher: Optional[MicroBatcher] = None
-        self.admission = Admission(max_requests_held)  # per process: the overload bound (admission.py)
+        self.admission = self._admission(max_requests_held)  # per process: the overload bound (admission.py)
 
     def __getstate__(self) -> dict:
         # --workers > 1 pickles the loaded model into each worker process; threads do not travel.
-        return {**self.__dict__, "_batcher": None, "admission": Admission(self.admission.limit)}
+        return {**self.__dict__, "_batcher": None, "admission": self.admission.limit}  # a new bound in each
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.admission = self._admission(state["admission"])
         if self.forecaster is not None:
             jit_cache.use()
             self.forecaster.compile(self.predict_threads)  # once per process, before the first request
+
+    def _admission(self, limit: int) -> Admission:
+        return Admission(limit, on_bound=partial(metrics.record_bound, self.name))
 
     def load(self) -> bool:
         """Raises artifact.ModelLoadError with what is wrong; ready only after a verified load and the

@@ -63,7 +63,11 @@ class RESTServer(kserve_rest.RESTServer):
 
     def create_application(self) -> None:
         super().create_application()
-        install(model_server.app, self.dataplane.model_registry)
+        registry = self.dataplane.model_registry
+        install(model_server.app, registry)
+        for model in (served(registry, name) for name in list(registry.get_models())):
+            if model is not None:  # this process serves it: its bound is on this process's metrics
+                metrics.record_bound(model.name, model.admission.bound)
         # Everything built until now (modules, the model, the app) lives as long as the process: out of
         # the cyclic collector, whose full collections over it stopped the event loop for a tenth of a
         # second each under load. Called in every process that serves (worker processes too).

@@ -112,6 +112,16 @@ def test_a_lowered_bound_is_probed_at_the_limit_so_clients_that_retry_at_once_ca
     assert [window(admission, clock, 900, refused=False) for _ in range(3)] == [LIMIT] * 3
 
 
+def test_each_new_bound_is_told_once(clock):
+    told: list[int] = []
+    admission = Admission(LIMIT, clock, on_bound=told.append)
+    settled(admission, clock, 1000, refused=False)
+    settled(admission, clock, 500, refused=True)
+    window(admission, clock, 500, refused=False)
+    assert told[0] < LIMIT and told[-2:] == [LIMIT // 2, LIMIT]  # lowered as throughput fell, then restored
+    assert all(a != b for a, b in zip(told, told[1:]))  # only changes are told
+
+
 def test_the_refusal_message_says_how_many_requests_are_in_progress(clock):
     admission = Admission(3, clock)
     for _ in range(3):

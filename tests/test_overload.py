@@ -49,6 +49,7 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
         wait_ready(srv)
         body, headers = v2_body(window), {"Content-Type": "application/json"}
         before = scrape(srv)
+        assert value(before, "perf_predictor_requests_held_bound", model=MODEL_NAME) == 1
         holder, first = hold_the_place(srv, body)
 
         started = time.perf_counter()
@@ -165,7 +166,7 @@ def test_the_connection_refuses_on_the_headers_and_serves_the_next_request(model
 
 
 def test_every_worker_process_refuses_on_its_connections(model_dir, tmp_path, window):
-    # --workers 2: each worker has its own bound (the model is pickled into it with an empty Admission)
+    # --workers 2: each worker has its own bound (the model is pickled into it with a new Admission)
     # and its own connections' refusal (rest.install runs in each); both full, a time-series forecast's
     # headers get their 503 before its body is sent, whichever worker takes the connection
     srv = start_server(model_dir, tmp_path / "server.log", "--workers", "2", "--max_requests_held", "1",
@@ -173,6 +174,8 @@ def test_every_worker_process_refuses_on_its_connections(model_dir, tmp_path, wi
     try:
         wait_ready(srv)
         wait_for_workers(srv, 2, 120)
+        # each worker's own bound, summed over the live processes
+        assert wait_for_count(lambda: value(scrape(srv), "perf_predictor_requests_held_bound", model=MODEL_NAME), 2) == 2
         body = v2_body(window)
         forecast = forecast_request(histories(1, window), 1).model_dump_json().encode()
         before = scrape(srv)
