@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def outcome(status: np.ndarray, seconds: np.ndarray, span: float, ok: int, refus
             "other_outcomes": int(((status != ok) & (status != refused)).sum())}
 
 
+def settle() -> None:
+    """Between phases: the requests the last phase's clients left in the server when they stopped are
+    answered, and the bound is the full one again (admission.py), before the next phase starts."""
+    time.sleep(2)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of the server's processes (every thread) so far."""
     total = 0
@@ -100,10 +107,30 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def sample_rss(pids: list[int], done: threading.Event, samples: list) -> None:
+def held_bound(server: loadgen.Server) -> float | None:
+    """The bound the server has now (perf_predictor_requests_held_bound, from /metrics; never refused)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("perf_predictor_requests_held_bound{"):
+                    return float(line.rsplit(" ", 1)[1])
+    except OSError:
+        pass
+    return None
+
+
+def sample(server: loadgen.Server, done: threading.Event, rss: list, bounds: list) -> None:
+    """Every half second: the server's RSS, and its bound with the time it was read."""
+    pids = server.pids()
     while not done.is_set():
-        samples.append(sum(loadgen.rss_bytes(pids).values()))
+        rss.append(sum(loadgen.rss_bytes(pids).values()))
+        bounds.append((time.monotonic(), held_bound(server)))
         time.sleep(0.5)
+
+
+def bound_during(bounds: list, start: float, end: float) -> dict:
+    seen = [b for t, b in bounds if start <= t <= end and b is not None]
+    return {"min": min(seen), "median": float(np.median(seen)), "max": max(seen)} if seen else {}
 
 
 def pin(server_pids: list[int]) -> None:
@@ -160,19 +187,22 @@ def main() -> int:
         cap_status, cap_s, cap_span = h2load(server, body, work, "capacity", args.bound, args.seconds)
         capacity = len(cap_s) / cap_span
         if grpc_on:
+            settle()
             g_cap_status, g_cap_s, g_cap_span = grpc_load(binary, server, grpc_body, work, "grpc-capacity", args.bound,
                                                           args.grpc_seconds)
             g_capacity = len(g_cap_s) / g_cap_span
-        rss, done = [], threading.Event()
-        sampler = threading.Thread(target=sample_rss, args=(server.pids(), done, rss))
+        rss, bounds, done = [], [], threading.Event()
+        sampler = threading.Thread(target=sample, args=(server, done, rss, bounds))
         sampler.start()
         try:
             # where the machine's cores went during the overload phase: the server, and h2load (a child)
+            settle()
             server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall = time.monotonic()
+            wall = rest_start = time.monotonic()
             status, seconds, span = h2load(server, body, work, "overload", args.connections, args.seconds,
                                            args.factor * capacity / args.connections)
-            wall = time.monotonic() - wall
+            rest_end = time.monotonic()
+            wall = rest_end - wall
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cores = {"server": round((cpu_seconds(server.pids()) - server_cpu) / wall, 2),
                      "h2load": round((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall, 2),
@@ -180,6 +210,8 @@ def main() -> int:
             rss_rest = max(rss)
             grpc = {}
             if grpc_on:
+                settle()
+                grpc_start = time.monotonic()
                 g_status, g_s, g_span = grpc_load(binary, server, grpc_body, work, "grpc-overload", args.connections,
                                                   args.grpc_seconds, args.factor * g_capacity / args.connections)
                 p99 = loadgen.percentile_ms(g_cap_s, 99)
@@ -188,7 +220,8 @@ def main() -> int:
                                  "p50_ms": loadgen.percentile_ms(g_cap_s, 50), "p99_ms": p99,
                                  "errors": int((g_cap_status != 0).sum())},
                     "overload": {"offered_rps": round(args.factor * g_capacity, 1), "connections": args.connections,
-                                 **outcome(g_status, g_s, g_span, ok=0, refused=14)},
+                                 **outcome(g_status, g_s, g_span, ok=0, refused=14),
+                                 "bound": bound_during(bounds, grpc_start, time.monotonic())},
                 }
                 grpc["accepted_p99_over_capacity_p99"] = round(grpc["overload"]["accepted_p99_ms"] / p99, 2)
         finally:
@@ -211,7 +244,7 @@ def main() -> int:
         "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
                      "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
         "overload": {"offered_rps": round(args.factor * capacity, 1), "connections": args.connections, **rest,
-                     "cpu_cores_used": cores},
+                     "cpu_cores_used": cores, "bound": bound_during(bounds, rest_start, rest_end)},
         "accepted_p99_over_capacity_p99": round(rest["accepted_p99_ms"] / p99_cap, 2),
         "accepted_p99_over_light_p99": round(rest["accepted_p99_ms"] / p99_light, 2),
         "grpc": grpc,

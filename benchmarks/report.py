@@ -107,6 +107,11 @@ def limits_section(health: dict | None, fuzz: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held(phase: dict) -> str:
+    bound = phase.get("bound") or {}
+    return " / ".join(f"{bound[k]:g}" for k in ("min", "median", "max")) if bound else ""
+
+
 def overload_section(o: dict) -> str:
     rest, grpc = o["overload"], o.get("grpc") or {}
     lines = ["## Overload", "", f"One process, bound {o['bound']} (`--max_requests_held`), {o['series_per_request']} series "
@@ -134,6 +139,7 @@ def overload_section(o: dict) -> str:
         f"{rest['refused_p99_ms']} | {gover.get('refused', 0):,}, {gover.get('refused_p50_ms', '')} / "
         f"{gover.get('refused_p99_ms', '')} |",
         f"| other outcomes | {rest['other_outcomes']} | {gover.get('other_outcomes', '')} |",
+        f"| the process's bound during the overload: min / median / max | {held(rest)} | {held(gover)} |",
         *([f"| cores used in the overload phase: server / h2load (of {cores['machine']}) | {cores['server']} / "
            f"{cores['h2load']} | |"] if (cores := rest.get("cpu_cores_used")) else []),
         f"| server RSS before → peak, MB | {o['rss_mb']['before']} → {o['rss_mb']['peak_to_the_end']} | |",
