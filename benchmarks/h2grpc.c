@@ -150,6 +150,7 @@ static struct {
     Conn *conns;
     /* totals */
     long long calls, by_status[STATUSES], unsent, opened, lost, gave_up;
+    int again; /* a call ended outside the handling of socket events: tend the connections again at once */
     long long hist_ok[HIST_BUCKETS], hist_refused[HIST_BUCKETS];
     int64_t first_call, last_close;
 } run;
@@ -225,6 +226,7 @@ static void finish_call(Conn *c) {
     if (s == 0)
         c->failures = 0;
     run.last_close = now;
+    run.again = 1;
     if (run.log != NULL && fprintf(run.log, "%lld\t%d\t%lld\n", (long long)c->call_wall_us, s,
                                    (long long)duration_us) < 0)
         die("cannot write the log");
@@ -496,7 +498,7 @@ static int64_t tend(Conn *c, int64_t now) {
         lose(c, "cannot send a call", now);
         return 0;
     }
-    return 0;
+    return tend(c, now); /* when the call times out */
 }
 
 static int busy(void) { /* anything still to do: a call in flight, or one still to send */
@@ -692,6 +694,7 @@ int main(int argc, char **argv) {
     struct epoll_event events[256];
     while (busy()) {
         int64_t now = mono_ns(), next = run.end != 0 && !run_over(now) ? run.end : 0;
+        run.again = 0;
         for (int i = 0; i < run.connections; i++) {
             int64_t at = tend(&run.conns[i], now);
             if (at > 0 && (next == 0 || at < next))
@@ -700,7 +703,7 @@ int main(int argc, char **argv) {
         if (!busy())
             break;
         arm(next);
-        int n = epoll_wait(run.epfd, events, 256, -1);
+        int n = epoll_wait(run.epfd, events, 256, run.again ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
