@@ -516,6 +516,10 @@ static int busy(void) { /* anything still to do: a call in flight, or one still 
 }
 
 static void arm(int64_t at) {
+    static int64_t armed = -1;
+    if (at == armed)
+        return;
+    armed = at;
     struct itimerspec when = {{0, 0}, {0, 0}};
     if (at > 0) {
         when.it_value.tv_sec = at / 1000000000LL;
