@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -123,7 +124,8 @@ typedef struct {
     int64_t opens_at;             /* monotonic ns: when it (re)opens, while WAITING */
     int64_t started;              /* monotonic ns: its first opening; its calls are due from here */
     long long due, quota;         /* calls due so far (the next one's number); --requests: its share */
-    int failures, goaway, broken; /* broken: set in a callback, the connection is closed after it */
+    int failures, goaway;
+    long long closed_here;        /* calls closed on this connection (since it last opened) */
     /* the call in flight (stream_id 0: none) */
     int32_t stream_id;
     int grpc_status;
@@ -231,6 +233,7 @@ static void finish_call(Conn *c) {
                                    (long long)duration_us) < 0)
         die("cannot write the log");
     c->stream_id = 0;
+    c->closed_here++;
 }
 
 static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
@@ -328,7 +331,8 @@ static void lose(Conn *c, const char *why, int64_t now) {
     c->fd = -1;
     c->events = 0;
     c->out_len = c->out_off = 0;
-    c->goaway = c->broken = 0;
+    c->goaway = 0;
+    c->closed_here = 0;
     run.lost += why != NULL;
     if (why != NULL && ++c->failures >= MAX_FAILURES) {
         c->state = GIVEN_UP;
@@ -486,8 +490,8 @@ static int64_t tend(Conn *c, int64_t now) {
             lose(c, "write failed", now);
         return 0; /* its stream closes when the RST_STREAM is sent: finish_call() then */
     }
-    if (c->goaway) {
-        lose(c, NULL, now); /* opened again at once (no failure) */
+    if (c->goaway) { /* opened again: at once, unless it was closed before it answered anything */
+        lose(c, c->closed_here > 0 ? NULL : "GOAWAY before any call closed", now);
         return tend(c, now);
     }
     if (run_over(now))
@@ -660,6 +664,14 @@ int main(int argc, char **argv) {
     parse(argc, argv);
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
         die("signal failed");
+    struct rlimit files; /* a descriptor for each connection, and a few more */
+    if (getrlimit(RLIMIT_NOFILE, &files) != 0)
+        die("getrlimit failed");
+    if (files.rlim_cur < (rlim_t)run.connections + 32) {
+        files.rlim_cur = files.rlim_max < (rlim_t)run.connections + 32 ? files.rlim_max : (rlim_t)run.connections + 32;
+        if (setrlimit(RLIMIT_NOFILE, &files) != 0)
+            die("setrlimit failed");
+    }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     int rv = getaddrinfo(run.host, run.port, &hints, &run.addr);
     if (rv != 0) {
