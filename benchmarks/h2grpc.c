@@ -101,7 +101,6 @@ const char *nghttp2_strerror(int);
 
 enum { FRAME_HEADERS = 1, FRAME_GOAWAY = 7 };
 enum { DATA_FLAG_EOF = 0x01, SETTINGS_ENABLE_PUSH = 0x02, ERROR_CANCEL = 0x08 };
-enum { ERR_CALLBACK_FAILURE = -902 };
 
 /* ---- the run ------------------------------------------------------------------------------------- */
 #define MAX_CONNECTIONS 20000
@@ -111,7 +110,7 @@ enum { ERR_CALLBACK_FAILURE = -902 };
 #define OUT_LIMIT (1 << 20)   /* a connection's write buffer never grows past this */
 #define READ_CHUNK (64 << 10)
 #define RECONNECT_NS 100000000LL /* a lost connection is opened again after 100 ms */
-#define MAX_FAILURES 5           /* consecutive connections lost without one call answered: give it up */
+#define MAX_FAILURES 5           /* connections lost in a row with no call answered between: give it up */
 #define STATUSES 18              /* grpc-status 0..16, and -1 at index 17 */
 #define HIST_SUB 16
 #define HIST_BUCKETS (40 * HIST_SUB)
@@ -123,8 +122,8 @@ typedef struct {
     nghttp2_session *session;
     int64_t opens_at;             /* monotonic ns: when it (re)opens, while WAITING */
     int64_t started;              /* monotonic ns: its first opening; its calls are due from here */
-    long long due, quota;         /* calls due so far (the next one's number); --requests: its share */
-    int failures, goaway;
+    long long sent, quota;        /* calls sent (the next one's number); --requests: its share */
+    int failures, goaway, cancelled; /* cancelled: its call timed out, RST_STREAM submitted */
     long long closed_here;        /* calls closed on this connection (since it last opened) */
     /* the call in flight (stream_id 0: none) */
     int32_t stream_id;
@@ -154,7 +153,7 @@ static struct {
     long long calls, by_status[STATUSES], unsent, opened, lost, gave_up;
     int again; /* a call ended outside the handling of socket events: tend the connections again at once */
     long long hist_ok[HIST_BUCKETS], hist_refused[HIST_BUCKETS];
-    int64_t first_call, last_close;
+    int64_t last_close;
 } run;
 
 static int64_t mono_ns(void) {
@@ -225,7 +224,7 @@ static void finish_call(Conn *c) {
         run.hist_ok[bucket_of(duration_us)]++;
     else if (s == 14)
         run.hist_refused[bucket_of(duration_us)]++;
-    if (s == 0)
+    if (s >= 0)
         c->failures = 0;
     run.last_close = now;
     run.again = 1;
@@ -233,6 +232,7 @@ static void finish_call(Conn *c) {
                                    (long long)duration_us) < 0)
         die("cannot write the log");
     c->stream_id = 0;
+    c->cancelled = 0;
     c->closed_here++;
 }
 
@@ -260,10 +260,8 @@ static int submit_call(Conn *c) {
         fprintf(stderr, "h2grpc: connection %d: submit: %s\n", c->index, nghttp2_strerror(id));
         return -1;
     }
-    if (run.first_call == 0)
-        run.first_call = c->call_mono;
     c->stream_id = id;
-    c->due++;
+    c->sent++;
     return 0;
 }
 
@@ -317,7 +315,8 @@ static void watch(Conn *c, int events) {
     c->events = events;
 }
 
-/* closes c (logging its call in flight as -1) and schedules it to open again, unless the run is over */
+/* closes c (its call in flight logged, with no status unless one came) and schedules it to open again;
+ * `why` NULL: a clean close, not counted as a failure */
 static void lose(Conn *c, const char *why, int64_t now) {
     if (why != NULL)
         fprintf(stderr, "h2grpc: connection %d: %s\n", c->index, why);
@@ -438,8 +437,8 @@ static void on_readable(Conn *c, int64_t now) {
             return;
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            lose(c, n == 0 ? "closed by the server" : strerror(errno), now);
+        if (n <= 0) { /* after a GOAWAY and with no call in flight, a clean close */
+            lose(c, n < 0 ? strerror(errno) : c->goaway && c->stream_id == 0 ? NULL : "closed by the server", now);
             return;
         }
         ssize_t rv = nghttp2_session_mem_recv(c->session, buf, (size_t)n);
@@ -457,9 +456,9 @@ static int run_over(int64_t now) {
 }
 
 static int wants_a_call(Conn *c, int64_t now) { /* due, and allowed */
-    if (run.end == 0 && c->due >= c->quota)
+    if (run.end == 0 && c->sent >= c->quota)
         return 0;
-    return run.rps == 0 || due_at(c, c->due) <= now;
+    return run.rps == 0 || due_at(c, c->sent) <= now;
 }
 
 /* does what is due on c; the next time it needs attention (monotonic ns), or 0 for none */
@@ -467,7 +466,7 @@ static int64_t tend(Conn *c, int64_t now) {
     if (c->state == GIVEN_UP)
         return 0;
     if (c->state == WAITING) {
-        int wanted = run.end != 0 ? !run_over(now) : c->due < c->quota;
+        int wanted = run.end != 0 ? !run_over(now) : c->sent < c->quota;
         if (!wanted)
             return 0;
         if (now < c->opens_at)
@@ -478,17 +477,24 @@ static int64_t tend(Conn *c, int64_t now) {
     if (c->state != OPEN || c->session == NULL)
         return 0;
     if (c->stream_id != 0) {
-        int64_t expires = c->call_mono + (int64_t)(run.timeout * 1e9);
+        int64_t expires = c->call_mono + (int64_t)(run.timeout * 1e9) * (1 + c->cancelled);
         if (now < expires)
             return expires;
+        if (c->cancelled) { /* its RST_STREAM could not be sent in another timeout */
+            lose(c, "a cancelled call's stream did not close", now);
+            return 0;
+        }
         int rv = nghttp2_submit_rst_stream(c->session, 0, c->stream_id, ERROR_CANCEL);
         if (rv != 0) {
             lose(c, nghttp2_strerror(rv), now);
             return 0;
         }
-        if (flush(c) != 0)
+        c->cancelled = 1;
+        if (flush(c) != 0) {
             lose(c, "write failed", now);
-        return 0; /* its stream closes when the RST_STREAM is sent: finish_call() then */
+            return 0;
+        }
+        return tend(c, now); /* its stream closed when the RST_STREAM was sent (finish_call()), or not yet */
     }
     if (c->goaway) { /* opened again: at once, unless it was closed before it answered anything */
         lose(c, c->closed_here > 0 ? NULL : "GOAWAY before any call closed", now);
@@ -497,7 +503,7 @@ static int64_t tend(Conn *c, int64_t now) {
     if (run_over(now))
         return 0;
     if (!wants_a_call(c, now))
-        return run.end == 0 && c->due >= c->quota ? 0 : due_at(c, c->due);
+        return run.end == 0 && c->sent >= c->quota ? 0 : due_at(c, c->sent);
     if (submit_call(c) != 0 || flush(c) != 0) {
         lose(c, "cannot send a call", now);
         return 0;
@@ -513,7 +519,7 @@ static int busy(void) { /* anything still to do: a call in flight, or one still 
             continue;
         if (c->stream_id != 0)
             return 1;
-        if (run.end == 0 ? c->due < c->quota : !run_over(now))
+        if (run.end == 0 ? c->sent < c->quota : !run_over(now))
             return 1;
     }
     return 0;
@@ -765,8 +771,8 @@ int main(int argc, char **argv) {
         Conn *c = &run.conns[i];
         if (run.end != 0 && c->state != GIVEN_UP && c->started != 0) { /* due before the end, never sent */
             long long due = (long long)((double)(run.end - c->started) * run.rps / 1e9 - 1e-9) + 1;
-            if (run.rps > 0 && due > c->due)
-                run.unsent += due - c->due;
+            if (run.rps > 0 && due > c->sent)
+                run.unsent += due - c->sent;
         }
         if (c->state != WAITING && c->state != GIVEN_UP)
             lose(c, NULL, stop);
