@@ -69,7 +69,7 @@ def test_offers_the_rate_asked_for_and_every_call_is_answered(server, binary, bo
     first = np.sort(run.start)[:connections]
     assert first[-1] - first[0] >= 0.5 * (connections - 1) / (connections * rps), first
     assert (run.start.max() - run.start.min()) >= seconds - 2 / rps  # the whole duration, paced
-    assert summary_count(run, "lost") == 0
+    assert summary_count(run, "lost") == 0, run.errors
 
     # --rps 0 with --requests: a closed loop of exactly that many calls
     closed = h2grpc.calls(binary, server.grpc_port, body, 2, 0, None, tmp_path / "closed.tsv", requests=51)
@@ -134,3 +134,4 @@ def test_no_server_no_calls(binary, body, tmp_path):
     run = h2grpc.calls(binary, free_port(), body, 2, 10, 5, tmp_path / "calls.tsv")
     assert len(run.status) == 0
     assert summary_count(run, "given up") == 2, run.summary
+    assert run.errors.count("Connection refused") == 10, run.errors  # 5 tries each
