@@ -48,8 +48,17 @@ typedef struct {
     uint8_t flags;
     uint8_t reserved;
 } nghttp2_frame_hd;
+typedef struct {
+    nghttp2_frame_hd hd;
+    int32_t last_stream_id;
+    uint32_t error_code;
+    uint8_t *opaque_data;
+    size_t opaque_data_len;
+    uint8_t reserved;
+} nghttp2_goaway;
 typedef union {
-    nghttp2_frame_hd hd; /* every frame starts with its header; nothing else is read here */
+    nghttp2_frame_hd hd; /* every frame starts with its header */
+    nghttp2_goaway goaway;
 } nghttp2_frame;
 typedef struct {
     uint8_t *name;
@@ -284,8 +293,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-    if (frame->hd.type == FRAME_GOAWAY)
-        ((Conn *)user_data)->goaway = 1; /* no new call on it: opened again once its call is done */
+    Conn *c = user_data;
+    if (frame->hd.type != FRAME_GOAWAY)
+        return 0;
+    c->goaway = 1; /* no new call on it: opened again once its call is done */
+    const nghttp2_goaway *g = &frame->goaway;
+    if (g->error_code != 0) /* the server's reason, and its debug data (libnghttp2 says what went wrong) */
+        fprintf(stderr, "h2grpc: connection %d: GOAWAY error %u: %.*s\n", c->index, g->error_code,
+                (int)(g->opaque_data_len < 200 ? g->opaque_data_len : 200), (const char *)g->opaque_data);
     return 0;
 }
 
