@@ -10,6 +10,10 @@
  * or the trailers. For each call it logs `start_us<TAB>grpc_status<TAB>duration_us`: start is when the
  * HEADERS were submitted (wall clock, us since the epoch), duration runs until the stream closed, and
  * grpc_status is -1 when the stream closed without one (RST_STREAM, GOAWAY, connection error, --timeout).
+ * A connection the server closes after a GOAWAY is opened again at once; one lost otherwise, after 100 ms
+ * (given up after 5 losses with no call answered between), keeping its schedule. The one-line summary
+ * on stdout counts calls by status, calls due but never sent (replies late at the end), and connections
+ * opened, lost and given up; stderr says why each was lost.
  *
  * One thread, epoll, non-blocking sockets; libnghttp2's client session does the HTTP/2 (mem_recv and
  * mem_send). The declarations below are libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14), so
@@ -794,7 +798,7 @@ int main(int argc, char **argv) {
         free(c->out);
     }
     char p[4][32];
-    double seconds = (double)((run.end != 0 ? run.end : run.last_close) - run.t0) / 1e9;
+    double seconds = (double)((run.end != 0 ? run.end : run.last_close > 0 ? run.last_close : stop) - run.t0) / 1e9;
     printf("h2grpc: %lld calls in %.2f s (%.1f/s) on %d connections at %g/s each: OK %lld, UNAVAILABLE %lld, "
            "other status %lld, no status %lld; OK p50 %s p99 %s; UNAVAILABLE p50 %s p99 %s; "
            "due but unsent %lld; connections opened %lld, lost %lld, given up %lld\n",
