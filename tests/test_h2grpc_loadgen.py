@@ -81,7 +81,7 @@ def holding_server(model_dir, tmp_path_factory):
     """One place, and every batch held open 200 ms: the call that takes the place is answered after about
     200 ms, the calls arriving meanwhile are refused at once (trailers-only UNAVAILABLE, HTTP 200)."""
     srv = start_server(model_dir, tmp_path_factory.mktemp("holding") / "server.log", "--max_requests_held", "1",
-                       "--max_batch_delay_ms", "200")
+                       "--max_batch_delay_ms", "200", "--drain_seconds", "0")
     try:
         wait_ready(srv)
         yield srv
