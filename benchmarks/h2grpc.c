@@ -10,6 +10,10 @@
  * or the trailers. For each call it logs `start_us<TAB>grpc_status<TAB>duration_us`: start is when the
  * HEADERS were submitted (wall clock, us since the epoch), duration runs until the stream closed, and
  * grpc_status is -1 when the stream closed without one (RST_STREAM, GOAWAY, connection error, --timeout).
+ * A connection the server closes after a GOAWAY is opened again at once; one lost otherwise, after 100 ms
+ * (given up after 5 losses with no call answered between), keeping its schedule. The one-line summary
+ * on stdout counts calls by status, calls due but never sent (replies late at the end), and connections
+ * opened, lost and given up; stderr says why each was lost.
  *
  * One thread, epoll, non-blocking sockets; libnghttp2's client session does the HTTP/2 (mem_recv and
  * mem_send). The declarations below are libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14), so
@@ -30,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -47,8 +52,17 @@ typedef struct {
     uint8_t flags;
     uint8_t reserved;
 } nghttp2_frame_hd;
+typedef struct {
+    nghttp2_frame_hd hd;
+    int32_t last_stream_id;
+    uint32_t error_code;
+    uint8_t *opaque_data;
+    size_t opaque_data_len;
+    uint8_t reserved;
+} nghttp2_goaway;
 typedef union {
-    nghttp2_frame_hd hd; /* every frame starts with its header; nothing else is read here */
+    nghttp2_frame_hd hd; /* every frame starts with its header */
+    nghttp2_goaway goaway;
 } nghttp2_frame;
 typedef struct {
     uint8_t *name;
@@ -100,7 +114,6 @@ const char *nghttp2_strerror(int);
 
 enum { FRAME_HEADERS = 1, FRAME_GOAWAY = 7 };
 enum { DATA_FLAG_EOF = 0x01, SETTINGS_ENABLE_PUSH = 0x02, ERROR_CANCEL = 0x08 };
-enum { ERR_CALLBACK_FAILURE = -902 };
 
 /* ---- the run ------------------------------------------------------------------------------------- */
 #define MAX_CONNECTIONS 20000
@@ -110,7 +123,7 @@ enum { ERR_CALLBACK_FAILURE = -902 };
 #define OUT_LIMIT (1 << 20)   /* a connection's write buffer never grows past this */
 #define READ_CHUNK (64 << 10)
 #define RECONNECT_NS 100000000LL /* a lost connection is opened again after 100 ms */
-#define MAX_FAILURES 5           /* consecutive connections lost without one call answered: give it up */
+#define MAX_FAILURES 5           /* connections lost in a row with no call answered between: give it up */
 #define STATUSES 18              /* grpc-status 0..16, and -1 at index 17 */
 #define HIST_SUB 16
 #define HIST_BUCKETS (40 * HIST_SUB)
@@ -122,8 +135,9 @@ typedef struct {
     nghttp2_session *session;
     int64_t opens_at;             /* monotonic ns: when it (re)opens, while WAITING */
     int64_t started;              /* monotonic ns: its first opening; its calls are due from here */
-    long long due, quota;         /* calls due so far (the next one's number); --requests: its share */
-    int failures, goaway, broken; /* broken: set in a callback, the connection is closed after it */
+    long long sent, quota;        /* calls sent (the next one's number); --requests: its share */
+    int failures, goaway, cancelled; /* cancelled: its call timed out, RST_STREAM submitted */
+    long long closed_here;        /* calls closed on this connection (since it last opened) */
     /* the call in flight (stream_id 0: none) */
     int32_t stream_id;
     int grpc_status;
@@ -150,8 +164,9 @@ static struct {
     Conn *conns;
     /* totals */
     long long calls, by_status[STATUSES], unsent, opened, lost, gave_up;
+    int again; /* a call ended outside the handling of socket events: tend the connections again at once */
     long long hist_ok[HIST_BUCKETS], hist_refused[HIST_BUCKETS];
-    int64_t first_call, last_close;
+    int64_t last_close;
 } run;
 
 static int64_t mono_ns(void) {
@@ -222,13 +237,16 @@ static void finish_call(Conn *c) {
         run.hist_ok[bucket_of(duration_us)]++;
     else if (s == 14)
         run.hist_refused[bucket_of(duration_us)]++;
-    if (s == 0)
+    if (s >= 0)
         c->failures = 0;
     run.last_close = now;
+    run.again = 1;
     if (run.log != NULL && fprintf(run.log, "%lld\t%d\t%lld\n", (long long)c->call_wall_us, s,
                                    (long long)duration_us) < 0)
         die("cannot write the log");
     c->stream_id = 0;
+    c->cancelled = 0;
+    c->closed_here++;
 }
 
 static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
@@ -255,10 +273,8 @@ static int submit_call(Conn *c) {
         fprintf(stderr, "h2grpc: connection %d: submit: %s\n", c->index, nghttp2_strerror(id));
         return -1;
     }
-    if (run.first_call == 0)
-        run.first_call = c->call_mono;
     c->stream_id = id;
-    c->due++;
+    c->sent++;
     return 0;
 }
 
@@ -281,8 +297,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-    if (frame->hd.type == FRAME_GOAWAY)
-        ((Conn *)user_data)->goaway = 1; /* no new call on it: opened again once its call is done */
+    Conn *c = user_data;
+    if (frame->hd.type != FRAME_GOAWAY)
+        return 0;
+    c->goaway = 1; /* no new call on it: opened again once its call is done */
+    const nghttp2_goaway *g = &frame->goaway;
+    if (g->error_code != 0) /* the server's reason, and its debug data (libnghttp2 says what went wrong) */
+        fprintf(stderr, "h2grpc: connection %d: GOAWAY error %u: %.*s\n", c->index, g->error_code,
+                (int)(g->opaque_data_len < 200 ? g->opaque_data_len : 200), (const char *)g->opaque_data);
     return 0;
 }
 
@@ -312,7 +334,8 @@ static void watch(Conn *c, int events) {
     c->events = events;
 }
 
-/* closes c (logging its call in flight as -1) and schedules it to open again, unless the run is over */
+/* closes c (its call in flight logged, with no status unless one came) and schedules it to open again;
+ * `why` NULL: a clean close, not counted as a failure */
 static void lose(Conn *c, const char *why, int64_t now) {
     if (why != NULL)
         fprintf(stderr, "h2grpc: connection %d: %s\n", c->index, why);
@@ -326,7 +349,8 @@ static void lose(Conn *c, const char *why, int64_t now) {
     c->fd = -1;
     c->events = 0;
     c->out_len = c->out_off = 0;
-    c->goaway = c->broken = 0;
+    c->goaway = 0;
+    c->closed_here = 0;
     run.lost += why != NULL;
     if (why != NULL && ++c->failures >= MAX_FAILURES) {
         c->state = GIVEN_UP;
@@ -432,8 +456,8 @@ static void on_readable(Conn *c, int64_t now) {
             return;
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            lose(c, n == 0 ? "closed by the server" : strerror(errno), now);
+        if (n <= 0) { /* after a GOAWAY and with no call in flight, a clean close */
+            lose(c, n < 0 ? strerror(errno) : c->goaway && c->stream_id == 0 ? NULL : "closed by the server", now);
             return;
         }
         ssize_t rv = nghttp2_session_mem_recv(c->session, buf, (size_t)n);
@@ -451,9 +475,9 @@ static int run_over(int64_t now) {
 }
 
 static int wants_a_call(Conn *c, int64_t now) { /* due, and allowed */
-    if (run.end == 0 && c->due >= c->quota)
+    if (run.end == 0 && c->sent >= c->quota)
         return 0;
-    return run.rps == 0 || due_at(c, c->due) <= now;
+    return run.rps == 0 || due_at(c, c->sent) <= now;
 }
 
 /* does what is due on c; the next time it needs attention (monotonic ns), or 0 for none */
@@ -461,7 +485,7 @@ static int64_t tend(Conn *c, int64_t now) {
     if (c->state == GIVEN_UP)
         return 0;
     if (c->state == WAITING) {
-        int wanted = run.end != 0 ? !run_over(now) : c->due < c->quota;
+        int wanted = run.end != 0 ? !run_over(now) : c->sent < c->quota;
         if (!wanted)
             return 0;
         if (now < c->opens_at)
@@ -472,31 +496,38 @@ static int64_t tend(Conn *c, int64_t now) {
     if (c->state != OPEN || c->session == NULL)
         return 0;
     if (c->stream_id != 0) {
-        int64_t expires = c->call_mono + (int64_t)(run.timeout * 1e9);
+        int64_t expires = c->call_mono + (int64_t)(run.timeout * 1e9) * (1 + c->cancelled);
         if (now < expires)
             return expires;
+        if (c->cancelled) { /* its RST_STREAM could not be sent in another timeout */
+            lose(c, "a cancelled call's stream did not close", now);
+            return 0;
+        }
         int rv = nghttp2_submit_rst_stream(c->session, 0, c->stream_id, ERROR_CANCEL);
         if (rv != 0) {
             lose(c, nghttp2_strerror(rv), now);
             return 0;
         }
-        if (flush(c) != 0)
+        c->cancelled = 1;
+        if (flush(c) != 0) {
             lose(c, "write failed", now);
-        return 0; /* its stream closes when the RST_STREAM is sent: finish_call() then */
+            return 0;
+        }
+        return tend(c, now); /* its stream closed when the RST_STREAM was sent (finish_call()), or not yet */
     }
-    if (c->goaway) {
-        lose(c, NULL, now); /* opened again at once (no failure) */
+    if (c->goaway) { /* opened again: at once, unless it was closed before it answered anything */
+        lose(c, c->closed_here > 0 ? NULL : "GOAWAY before any call closed", now);
         return tend(c, now);
     }
     if (run_over(now))
         return 0;
     if (!wants_a_call(c, now))
-        return run.end == 0 && c->due >= c->quota ? 0 : due_at(c, c->due);
+        return run.end == 0 && c->sent >= c->quota ? 0 : due_at(c, c->sent);
     if (submit_call(c) != 0 || flush(c) != 0) {
         lose(c, "cannot send a call", now);
         return 0;
     }
-    return 0;
+    return tend(c, now); /* when the call times out */
 }
 
 static int busy(void) { /* anything still to do: a call in flight, or one still to send */
@@ -507,13 +538,17 @@ static int busy(void) { /* anything still to do: a call in flight, or one still 
             continue;
         if (c->stream_id != 0)
             return 1;
-        if (run.end == 0 ? c->due < c->quota : !run_over(now))
+        if (run.end == 0 ? c->sent < c->quota : !run_over(now))
             return 1;
     }
     return 0;
 }
 
 static void arm(int64_t at) {
+    static int64_t armed = -1;
+    if (at == armed)
+        return;
+    armed = at;
     struct itimerspec when = {{0, 0}, {0, 0}};
     if (at > 0) {
         when.it_value.tv_sec = at / 1000000000LL;
@@ -654,6 +689,14 @@ int main(int argc, char **argv) {
     parse(argc, argv);
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
         die("signal failed");
+    struct rlimit files; /* a descriptor for each connection, and a few more */
+    if (getrlimit(RLIMIT_NOFILE, &files) != 0)
+        die("getrlimit failed");
+    if (files.rlim_cur < (rlim_t)run.connections + 32) {
+        files.rlim_cur = files.rlim_max < (rlim_t)run.connections + 32 ? files.rlim_max : (rlim_t)run.connections + 32;
+        if (setrlimit(RLIMIT_NOFILE, &files) != 0)
+            die("setrlimit failed");
+    }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     int rv = getaddrinfo(run.host, run.port, &hints, &run.addr);
     if (rv != 0) {
@@ -692,6 +735,7 @@ int main(int argc, char **argv) {
     struct epoll_event events[256];
     while (busy()) {
         int64_t now = mono_ns(), next = run.end != 0 && !run_over(now) ? run.end : 0;
+        run.again = 0;
         for (int i = 0; i < run.connections; i++) {
             int64_t at = tend(&run.conns[i], now);
             if (at > 0 && (next == 0 || at < next))
@@ -700,7 +744,7 @@ int main(int argc, char **argv) {
         if (!busy())
             break;
         arm(next);
-        int n = epoll_wait(run.epfd, events, 256, -1);
+        int n = epoll_wait(run.epfd, events, 256, run.again ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -746,15 +790,15 @@ int main(int argc, char **argv) {
         Conn *c = &run.conns[i];
         if (run.end != 0 && c->state != GIVEN_UP && c->started != 0) { /* due before the end, never sent */
             long long due = (long long)((double)(run.end - c->started) * run.rps / 1e9 - 1e-9) + 1;
-            if (run.rps > 0 && due > c->due)
-                run.unsent += due - c->due;
+            if (run.rps > 0 && due > c->sent)
+                run.unsent += due - c->sent;
         }
         if (c->state != WAITING && c->state != GIVEN_UP)
             lose(c, NULL, stop);
         free(c->out);
     }
     char p[4][32];
-    double seconds = (double)((run.end != 0 ? run.end : run.last_close) - run.t0) / 1e9;
+    double seconds = (double)((run.end != 0 ? run.end : run.last_close > 0 ? run.last_close : stop) - run.t0) / 1e9;
     printf("h2grpc: %lld calls in %.2f s (%.1f/s) on %d connections at %g/s each: OK %lld, UNAVAILABLE %lld, "
            "other status %lld, no status %lld; OK p50 %s p99 %s; UNAVAILABLE p50 %s p99 %s; "
            "due but unsent %lld; connections opened %lld, lost %lld, given up %lld\n",

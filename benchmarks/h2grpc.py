@@ -60,12 +60,14 @@ def write_body(path: Path, window: int, series: int) -> Path:
 @dataclass
 class Calls:
     """Every call of one run, in the order they closed: when it started (wall clock, seconds since the
-    epoch), its grpc-status (-1: none), how long it took (seconds); and h2grpc's summary line."""
+    epoch), its grpc-status (-1: none), how long it took (seconds); h2grpc's summary line, and the end of
+    what it said on stderr (why connections were lost)."""
 
     start: np.ndarray
     status: np.ndarray
     seconds: np.ndarray
     summary: str
+    errors: str
 
 
 def calls(binary: Path, port: int, body: Path, connections: int, rps: float, seconds: float | None, log: Path, *,
@@ -85,7 +87,7 @@ def calls(binary: Path, port: int, body: Path, connections: int, rps: float, sec
     if done.returncode != 0:
         raise RuntimeError(f"h2grpc failed ({done.returncode}): {done.stderr[-1500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2) if log.stat().st_size else np.zeros((0, 3), np.int64)
-    return Calls(rows[:, 0] / 1e6, rows[:, 1], rows[:, 2] / 1e6, done.stdout.strip())
+    return Calls(rows[:, 0] / 1e6, rows[:, 1], rows[:, 2] / 1e6, done.stdout.strip(), done.stderr[-2000:])
 
 
 def run(binary: Path, port: int, body: Path, connections: int, rps: float, seconds: float,
