@@ -46,6 +46,7 @@ SERVICE = "inference.GRPCInferenceService"
 MAX_HEADER_BYTES = 16 << 10  # HPACK-counted (name + value + 32 per field), as SETTINGS_MAX_HEADER_LIST_SIZE
 MAX_STREAMS = 1000  # per connection
 MAX_CONNECTIONS = 4096
+BACKLOG = 1024  # connections the kernel queues before the loop accepts them (overflow drops SYNs)
 # request bytes held for calls with no reply yet: per connection (or 4 messages, if more), per process
 MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED = 64 << 20, 256 << 20
 PREFACE_TIMEOUT_S, IDLE_TIMEOUT_S = 10, 600  # a connection that says nothing / makes no call is closed
@@ -95,7 +96,7 @@ def bind(port: int, reuse_port: bool = False) -> socket.socket:
         if reuse_port:  # worker processes share the port; the kernel spreads connections over them
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
-        sock.listen(1024)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise RuntimeError(f"gRPC port {port} is not free: {exc.strerror}") from None
@@ -189,7 +190,8 @@ class NativeGRPCServer:
         self.loop = asyncio.get_running_loop()
         self._stopped = self.loop.create_future()
         sock = self._sock or bind(self.port, self._reuse_port)
-        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+        # the backlog again: create_server listens on a given socket anew, with 100 unless told
+        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
         logger.info("gRPC on port %d served in process %d (libnghttp2)", self.port, os.getpid())
         sweeper = self.loop.create_task(self._sweep())
         try:
