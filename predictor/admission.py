@@ -28,9 +28,9 @@ from typing import Callable
 OVERLOAD = "overload"  # the reason refusals are counted under
 RETRY_AFTER_S = 1
 RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header every refusal carries
-WINDOW_S = 0.25  # throughput is measured over windows this long
+WINDOW_S = 0.1  # throughput is measured over windows this long
 SLACK = 0.8  # throughput at least this share of the best: the bound stays `limit`
-PROBE_WINDOWS = 120  # after this many windows (30 s) below `limit`, one window at `limit` (below)
+PROBE_WINDOWS = 300  # after this many windows (30 s) below `limit`, one window at `limit` (below)
 
 
 class Admission:
