@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +42,28 @@ import h2grpc  # noqa: E402
 import loadgen  # noqa: E402
 
 
+@dataclass
+class Requests:
+    """Every request of one phase: its status, its latency (s), when it started (s after the first did), and
+    the seconds from the first start to the last end (h2load and h2grpc run until they have sent their
+    count, which may take longer than asked when replies are slow)."""
+
+    status: np.ndarray
+    seconds: np.ndarray
+    started: np.ndarray
+    span: float
+
+    @classmethod
+    def of(cls, start_us: np.ndarray, status: np.ndarray, duration_us: np.ndarray) -> Requests:
+        started = (start_us - start_us.min()) / 1e6
+        return cls(status, duration_us / 1e6, started, float((started + duration_us / 1e6).max()))
+
+
 def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: int, seconds: float,
-           rps_per_client: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+           rps_per_client: float | None = None) -> Requests:
     """HTTP/1.1 keep-alive load from h2load (C, so the load generator does not take the server's core):
     `clients` connections, one request in flight each, sent back to back or `rps_per_client` a second
-    each. (status, seconds) of every request, from h2load's per-request log, and the seconds from the first
-    request's start to the last one's end (h2load runs until it has sent its count, which may take longer
-    than asked when replies are slow)."""
+    each. Every request, from h2load's per-request log."""
     log = work / f"{name}.tsv"
     log.unlink(missing_ok=True)  # h2load appends
     cmd = ["h2load", "--h1", "-c", str(clients), "-m", "1", "-t", "1", "-D", f"{seconds:g}", "-d", str(body),
@@ -65,28 +81,33 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
     if run.returncode != 0 or not log.exists():
         raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
-    span = float((rows[:, 0] + rows[:, 2]).max() - rows[:, 0].min()) / 1e6
-    return rows[:, 1], rows[:, 2] / 1e6, span
+    return Requests.of(rows[:, 0], rows[:, 1], rows[:, 2])
 
 
 def grpc_load(binary: Path, server: loadgen.Server, body: Path, work: Path, name: str, connections: int,
-              seconds: float, rps_per_connection: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
-    """h2grpc's calls, as h2load() gives requests: (grpc-status, seconds) of each, and the span they took."""
+              seconds: float, rps_per_connection: float = 0.0) -> Requests:
+    """h2grpc's calls, as h2load() gives requests (status: grpc-status)."""
     calls = h2grpc.calls(binary, server.grpc_port, body, connections, rps_per_connection, seconds, work / f"{name}.tsv")
-    return calls.status, calls.seconds, float((calls.start + calls.seconds).max() - calls.start.min())
+    return Requests.of(np.round(calls.start * 1e6), calls.status, np.round(calls.seconds * 1e6))
 
 
-def outcome(status: np.ndarray, seconds: np.ndarray, span: float, ok: int, refused: int) -> dict:
-    """Accepted (`ok`) and refused (`refused`) requests of an overload phase: rates and latencies."""
-    accepted, refusals = seconds[status == ok], seconds[status == refused]
-    return {"sent": len(status), "sent_rps": round(len(status) / span, 1), "seconds": round(span, 1),
-            "accepted": len(accepted), "accepted_rps": round(len(accepted) / span, 1),
-            "accepted_p50_ms": loadgen.percentile_ms(accepted, 50),
-            "accepted_p99_ms": loadgen.percentile_ms(accepted, 99),
-            "refused": len(refusals), "refused_p50_ms": loadgen.percentile_ms(refusals, 50),
-            "refused_p99_ms": loadgen.percentile_ms(refusals, 99),
-            "refused_max_ms": round(float(refusals.max()) * 1000, 2) if len(refusals) else None,
-            "other_outcomes": int(((status != ok) & (status != refused)).sum())}
+def outcome(phase: Requests, ok: int, refused: int, warm_up: float) -> dict:
+    """Accepted (`ok`) and refused (`refused`) requests of an overload phase: rates and latencies, over the
+    whole phase and over what started after its first `warm_up` seconds (connections being opened, and
+    the requests admitted before the bound follows throughput, admission.py)."""
+    accepted, refusals = phase.status == ok, phase.status == refused
+    later = phase.started >= warm_up
+    return {"sent": len(phase.status), "sent_rps": round(len(phase.status) / phase.span, 1),
+            "seconds": round(phase.span, 1), "accepted": int(accepted.sum()),
+            "accepted_rps": round(accepted.sum() / phase.span, 1),
+            "accepted_p50_ms": loadgen.percentile_ms(phase.seconds[accepted], 50),
+            "accepted_p99_ms": loadgen.percentile_ms(phase.seconds[accepted], 99),
+            "accepted_p99_after_warm_up_ms": loadgen.percentile_ms(phase.seconds[accepted & later], 99),
+            "refused": int(refusals.sum()), "refused_p50_ms": loadgen.percentile_ms(phase.seconds[refusals], 50),
+            "refused_p99_ms": loadgen.percentile_ms(phase.seconds[refusals], 99),
+            "refused_p50_after_warm_up_ms": loadgen.percentile_ms(phase.seconds[refusals & later], 50),
+            "refused_max_ms": round(float(phase.seconds[refusals].max()) * 1000, 2) if refusals.any() else None,
+            "other_outcomes": int((~accepted & ~refusals).sum())}
 
 
 def settle() -> None:
@@ -156,6 +177,9 @@ def main() -> int:
                         help="connections of the overload phase, each sending at its share of the offered rate")
     parser.add_argument("--grpc_seconds", type=float, default=15,
                         help="length of each gRPC phase (0: none; needs a C compiler and libnghttp2.so.14)")
+    parser.add_argument("--warm_up", type=float, default=1.0,
+                        help="seconds at the start of each overload phase also reported apart (connections opening, "
+                             "the bound adapting)")
     parser.add_argument("--server_flags", default="", help="more flags for python -m predictor")
     parser.add_argument("--model_dir", type=Path)
     parser.add_argument("--pin", action="store_true",
@@ -183,14 +207,13 @@ def main() -> int:
             grpc_body = h2grpc.write_body(work / "request.grpc", loadgen.window_of(model_dir), args.series)
         h2load(server, body, work, "warm-up", 4, 3)
         rss_before = sum(loadgen.rss_bytes(server.pids()).values())
-        light_status, light_s, _ = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
-        cap_status, cap_s, cap_span = h2load(server, body, work, "capacity", args.bound, args.seconds)
-        capacity = len(cap_s) / cap_span
+        light = h2load(server, body, work, "light", 1, min(10.0, args.seconds))
+        cap = h2load(server, body, work, "capacity", args.bound, args.seconds)
+        capacity = len(cap.status) / cap.span
         if grpc_on:
             settle()
-            g_cap_status, g_cap_s, g_cap_span = grpc_load(binary, server, grpc_body, work, "grpc-capacity", args.bound,
-                                                          args.grpc_seconds)
-            g_capacity = len(g_cap_s) / g_cap_span
+            g_cap = grpc_load(binary, server, grpc_body, work, "grpc-capacity", args.bound, args.grpc_seconds)
+            g_capacity = len(g_cap.status) / g_cap.span
         rss, bounds, done = [], [], threading.Event()
         sampler = threading.Thread(target=sample, args=(server, done, rss, bounds))
         sampler.start()
@@ -199,7 +222,7 @@ def main() -> int:
             settle()
             server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = rest_start = time.monotonic()
-            status, seconds, span = h2load(server, body, work, "overload", args.connections, args.seconds,
+            overload = h2load(server, body, work, "overload", args.connections, args.seconds,
                                            args.factor * capacity / args.connections)
             rest_end = time.monotonic()
             wall = rest_end - wall
@@ -212,18 +235,20 @@ def main() -> int:
             if grpc_on:
                 settle()
                 grpc_start = time.monotonic()
-                g_status, g_s, g_span = grpc_load(binary, server, grpc_body, work, "grpc-overload", args.connections,
-                                                  args.grpc_seconds, args.factor * g_capacity / args.connections)
-                p99 = loadgen.percentile_ms(g_cap_s, 99)
+                g_over = grpc_load(binary, server, grpc_body, work, "grpc-overload", args.connections,
+                                   args.grpc_seconds, args.factor * g_capacity / args.connections)
+                p99 = loadgen.percentile_ms(g_cap.seconds, 99)
                 grpc = {
                     "capacity": {"connections": args.bound, "rps": round(g_capacity, 1),
-                                 "p50_ms": loadgen.percentile_ms(g_cap_s, 50), "p99_ms": p99,
-                                 "errors": int((g_cap_status != 0).sum())},
+                                 "p50_ms": loadgen.percentile_ms(g_cap.seconds, 50), "p99_ms": p99,
+                                 "errors": int((g_cap.status != 0).sum())},
                     "overload": {"offered_rps": round(args.factor * g_capacity, 1), "connections": args.connections,
-                                 **outcome(g_status, g_s, g_span, ok=0, refused=14),
+                                 **outcome(g_over, ok=0, refused=14, warm_up=args.warm_up),
                                  "bound": bound_during(bounds, grpc_start, time.monotonic())},
                 }
                 grpc["accepted_p99_over_capacity_p99"] = round(grpc["overload"]["accepted_p99_ms"] / p99, 2)
+                grpc["after_warm_up_over_capacity_p99"] = round(
+                    grpc["overload"]["accepted_p99_after_warm_up_ms"] / p99, 2)
         finally:
             done.set()
             sampler.join()
@@ -235,17 +260,19 @@ def main() -> int:
         load_after = loadgen.load_average()
     finally:
         exit_code = server.stop()
-    p99_light, p99_cap = loadgen.percentile_ms(light_s, 99), loadgen.percentile_ms(cap_s, 99)
-    rest = outcome(status, seconds, span, ok=200, refused=503)
+    p99_light, p99_cap = loadgen.percentile_ms(light.seconds, 99), loadgen.percentile_ms(cap.seconds, 99)
+    rest = outcome(overload, ok=200, refused=503, warm_up=args.warm_up)
     summary = {
         "series_per_request": args.series, "bound": args.bound, "factor": args.factor, "pinned": args.pin,
-        "light": {"requests": len(light_s), "p50_ms": loadgen.percentile_ms(light_s, 50), "p99_ms": p99_light,
-                  "errors": int((light_status != 200).sum())},
-        "capacity": {"clients": args.bound, "rps": round(capacity, 1), "p50_ms": loadgen.percentile_ms(cap_s, 50),
-                     "p99_ms": p99_cap, "errors": int((cap_status != 200).sum())},
+        "light": {"requests": len(light.status), "p50_ms": loadgen.percentile_ms(light.seconds, 50),
+                  "p99_ms": p99_light, "errors": int((light.status != 200).sum())},
+        "capacity": {"clients": args.bound, "rps": round(capacity, 1),
+                     "p50_ms": loadgen.percentile_ms(cap.seconds, 50), "p99_ms": p99_cap,
+                     "errors": int((cap.status != 200).sum())},
         "overload": {"offered_rps": round(args.factor * capacity, 1), "connections": args.connections, **rest,
                      "cpu_cores_used": cores, "bound": bound_during(bounds, rest_start, rest_end)},
         "accepted_p99_over_capacity_p99": round(rest["accepted_p99_ms"] / p99_cap, 2),
+        "after_warm_up_over_capacity_p99": round(rest["accepted_p99_after_warm_up_ms"] / p99_cap, 2),
         "accepted_p99_over_light_p99": round(rest["accepted_p99_ms"] / p99_light, 2),
         "grpc": grpc,
         "rss_mb": {"before": round(rss_before / 2**20, 1), "peak_under_rest_overload": round(rss_rest / 2**20, 1),

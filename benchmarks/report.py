@@ -134,8 +134,11 @@ def overload_section(o: dict) -> str:
         f"| accepted: req/s, p50 / p99 ms | {rest['accepted_rps']:,}, {rest['accepted_p50_ms']} / "
         f"{rest['accepted_p99_ms']} | {gover.get('accepted_rps', 0):,}, {gover.get('accepted_p50_ms', '')} / "
         f"{gover.get('accepted_p99_ms', '')} |",
-        f"| accepted p99 / capacity's p99 (target ≤ 2) | {o['accepted_p99_over_capacity_p99']} | "
+        f"| accepted p99 / capacity's p99 (target ≤ 2): whole phase | {o['accepted_p99_over_capacity_p99']} | "
         f"{grpc.get('accepted_p99_over_capacity_p99', '')} |",
+        *([f"| … after the phase's first second (p99, ms) | {o['after_warm_up_over_capacity_p99']} "
+           f"({rest['accepted_p99_after_warm_up_ms']}) | {grpc.get('after_warm_up_over_capacity_p99', '')} "
+           f"({gover.get('accepted_p99_after_warm_up_ms', '')}) |"] if "after_warm_up_over_capacity_p99" in o else []),
         f"| accepted p99 / light's p99 (target ≤ 2) | {o['accepted_p99_over_light_p99']} | |",
         f"| refused: count, p50 / p99 ms (target p50 < 5) | {rest['refused']:,}, {rest['refused_p50_ms']} / "
         f"{rest['refused_p99_ms']} | {gover.get('refused', 0):,}, {gover.get('refused_p50_ms', '')} / "
