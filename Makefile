@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv serve train test lint render-manifests kind-up e2e-kind image bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py predictor/_h2.c
+$(VENV)/.installed: pyproject.toml setup.py predictor/_h2.c predictor/nghttp2_abi.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,eval,test]'

@@ -16,8 +16,8 @@
  * opened, lost and given up; stderr says why each was lost.
  *
  * One thread, epoll, non-blocking sockets; libnghttp2's client session does the HTTP/2 (mem_recv and
- * mem_send). The declarations below are libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14), so
- * the build needs the library but not its -dev package:
+ * mem_send). libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14) is declared in
+ * predictor/nghttp2_abi.h and below, so the build needs the library but not its -dev package:
  *     cc -O2 -o h2grpc benchmarks/h2grpc.c -l:libnghttp2.so.14       (benchmarks/h2grpc.py builds it)
  */
 #define _GNU_SOURCE
@@ -43,74 +43,15 @@
 #include <unistd.h>
 
 /* ---- libnghttp2's ABI ---------------------------------------------------------------------------- */
-typedef struct nghttp2_session nghttp2_session;
-typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
-typedef struct {
-    size_t length;
-    int32_t stream_id;
-    uint8_t type;
-    uint8_t flags;
-    uint8_t reserved;
-} nghttp2_frame_hd;
-typedef struct {
-    nghttp2_frame_hd hd;
-    int32_t last_stream_id;
-    uint32_t error_code;
-    uint8_t *opaque_data;
-    size_t opaque_data_len;
-    uint8_t reserved;
-} nghttp2_goaway;
-typedef union {
-    nghttp2_frame_hd hd; /* every frame starts with its header */
-    nghttp2_goaway goaway;
-} nghttp2_frame;
-typedef struct {
-    uint8_t *name;
-    uint8_t *value;
-    size_t namelen;
-    size_t valuelen;
-    uint8_t flags;
-} nghttp2_nv;
-typedef struct {
-    int32_t settings_id;
-    uint32_t value;
-} nghttp2_settings_entry;
-typedef union {
-    int fd;
-    void *ptr;
-} nghttp2_data_source;
-typedef ssize_t (*nghttp2_data_source_read_callback)(nghttp2_session *, int32_t, uint8_t *, size_t, uint32_t *,
-                                                     nghttp2_data_source *, void *);
-typedef struct {
-    nghttp2_data_source source;
-    nghttp2_data_source_read_callback read_callback;
-} nghttp2_data_provider;
-typedef struct nghttp2_priority_spec nghttp2_priority_spec; /* only ever NULL here */
-typedef int (*nghttp2_on_frame_callback)(nghttp2_session *, const nghttp2_frame *, void *);
-typedef int (*nghttp2_on_frame_not_send_callback)(nghttp2_session *, const nghttp2_frame *, int, void *);
-typedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame *, const uint8_t *, size_t,
-                                          const uint8_t *, size_t, uint8_t, void *);
-typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t, uint32_t, void *);
+#include "../predictor/nghttp2_abi.h"
 
-int nghttp2_session_callbacks_new(nghttp2_session_callbacks **);
-void nghttp2_session_callbacks_del(nghttp2_session_callbacks *);
-void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *, nghttp2_on_header_callback);
-void nghttp2_session_callbacks_set_on_frame_recv_callback(nghttp2_session_callbacks *, nghttp2_on_frame_callback);
+typedef struct nghttp2_priority_spec nghttp2_priority_spec; /* only ever NULL here */
+typedef int (*nghttp2_on_frame_not_send_callback)(nghttp2_session *, const nghttp2_frame *, int, void *);
 void nghttp2_session_callbacks_set_on_frame_not_send_callback(nghttp2_session_callbacks *,
                                                               nghttp2_on_frame_not_send_callback);
-void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_callbacks *,
-                                                            nghttp2_on_stream_close_callback);
 int nghttp2_session_client_new(nghttp2_session **, const nghttp2_session_callbacks *, void *);
-void nghttp2_session_del(nghttp2_session *);
-ssize_t nghttp2_session_mem_recv(nghttp2_session *, const uint8_t *, size_t);
-ssize_t nghttp2_session_mem_send(nghttp2_session *, const uint8_t **);
-int nghttp2_session_want_read(nghttp2_session *);
-int nghttp2_session_want_write(nghttp2_session *);
-int nghttp2_submit_settings(nghttp2_session *, uint8_t, const nghttp2_settings_entry *, size_t);
 int32_t nghttp2_submit_request(nghttp2_session *, const nghttp2_priority_spec *, const nghttp2_nv *, size_t,
                                const nghttp2_data_provider *, void *);
-int nghttp2_submit_rst_stream(nghttp2_session *, uint8_t, int32_t, uint32_t);
-const char *nghttp2_strerror(int);
 
 enum { FRAME_HEADERS = 1, FRAME_GOAWAY = 7 };
 enum { DATA_FLAG_EOF = 0x01, SETTINGS_ENABLE_PUSH = 0x02, ERROR_CANCEL = 0x08 };

@@ -13,8 +13,8 @@
  * header_bytes counts every field as HPACK does (name + value + 32); values are kept only for the
  * wanted names, and only while the block stays under max_header_bytes.
  *
- * The few declarations below are libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14, stable
- * since 1.0), so the build needs the library but not its -dev package.
+ * libnghttp2's public ABI (nghttp2.h, soname libnghttp2.so.14, stable since 1.0) is declared in
+ * nghttp2_abi.h and below, so the build needs the library but not its -dev package.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,72 +23,22 @@
 #include <sys/types.h>
 
 /* ---- libnghttp2's ABI ---------------------------------------------------------------------------- */
-typedef struct nghttp2_session nghttp2_session;
-typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
-typedef struct {
-    size_t length;
-    int32_t stream_id;
-    uint8_t type;
-    uint8_t flags;
-    uint8_t reserved;
-} nghttp2_frame_hd;
-typedef union {
-    nghttp2_frame_hd hd; /* every frame starts with its header; nothing else is read here */
-} nghttp2_frame;
-typedef struct {
-    uint8_t *name;
-    uint8_t *value;
-    size_t namelen;
-    size_t valuelen;
-    uint8_t flags;
-} nghttp2_nv;
-typedef struct {
-    int32_t settings_id;
-    uint32_t value;
-} nghttp2_settings_entry;
-typedef union {
-    int fd;
-    void *ptr;
-} nghttp2_data_source;
-typedef ssize_t (*nghttp2_data_source_read_callback)(nghttp2_session *, int32_t, uint8_t *, size_t, uint32_t *,
-                                                     nghttp2_data_source *, void *);
-typedef struct {
-    nghttp2_data_source source;
-    nghttp2_data_source_read_callback read_callback;
-} nghttp2_data_provider;
-typedef int (*nghttp2_on_frame_callback)(nghttp2_session *, const nghttp2_frame *, void *);
-typedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame *, const uint8_t *, size_t,
-                                          const uint8_t *, size_t, uint8_t, void *);
+#include "nghttp2_abi.h"
+
 typedef int (*nghttp2_on_data_chunk_recv_callback)(nghttp2_session *, uint8_t, int32_t, const uint8_t *, size_t,
                                                    void *);
-typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t, uint32_t, void *);
-
-int nghttp2_session_callbacks_new(nghttp2_session_callbacks **);
-void nghttp2_session_callbacks_del(nghttp2_session_callbacks *);
 void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *, nghttp2_on_frame_callback);
-void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *, nghttp2_on_header_callback);
 void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(nghttp2_session_callbacks *,
                                                                nghttp2_on_data_chunk_recv_callback);
-void nghttp2_session_callbacks_set_on_frame_recv_callback(nghttp2_session_callbacks *, nghttp2_on_frame_callback);
-void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_callbacks *,
-                                                            nghttp2_on_stream_close_callback);
 int nghttp2_session_server_new(nghttp2_session **, const nghttp2_session_callbacks *, void *);
-void nghttp2_session_del(nghttp2_session *);
-ssize_t nghttp2_session_mem_recv(nghttp2_session *, const uint8_t *, size_t);
-ssize_t nghttp2_session_mem_send(nghttp2_session *, const uint8_t **);
 void *nghttp2_session_find_stream(nghttp2_session *, int32_t); /* an nghttp2_stream *, or NULL */
 int nghttp2_stream_get_state(void *);
-int nghttp2_session_want_read(nghttp2_session *);
-int nghttp2_session_want_write(nghttp2_session *);
 int nghttp2_session_set_local_window_size(nghttp2_session *, uint8_t, int32_t, int32_t);
 int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *);
-int nghttp2_submit_settings(nghttp2_session *, uint8_t, const nghttp2_settings_entry *, size_t);
 int nghttp2_submit_response(nghttp2_session *, int32_t, const nghttp2_nv *, size_t, const nghttp2_data_provider *);
 int nghttp2_submit_trailer(nghttp2_session *, int32_t, const nghttp2_nv *, size_t);
-int nghttp2_submit_rst_stream(nghttp2_session *, uint8_t, int32_t, uint32_t);
 int nghttp2_submit_shutdown_notice(nghttp2_session *);
 int nghttp2_submit_goaway(nghttp2_session *, uint8_t, int32_t, uint32_t, const uint8_t *, size_t);
-const char *nghttp2_strerror(int);
 
 enum { FRAME_DATA = 0, FRAME_HEADERS = 1, FLAG_END_STREAM = 0x01 };
 enum { DATA_FLAG_EOF = 0x01, DATA_FLAG_NO_END_STREAM = 0x02 };
