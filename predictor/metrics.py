@@ -108,11 +108,11 @@ def record_model(name: str, card: dict, load_seconds: float) -> None:
                 BACKTEST.labels(model=name, version=version, method=method, metric=metric).set(float(value))
 
 
-@functools.cache
 def record_bound(model: str, bound: int) -> None:
     HELD_BOUND.labels(model).set(bound)
 
 
+@functools.cache
 def predict_seconds(model: str):
     """KServe's predict-time histogram for `model`, which the v2 paths feed as KServe's own path does."""
     return PREDICT_HIST_TIME.labels(**get_labels(model))

@@ -127,3 +127,15 @@ def test_the_refusal_message_says_how_many_requests_are_in_progress(clock):
     for _ in range(3):
         admission.enter()
     assert "3 requests in progress" in admission.message()
+
+
+def test_the_metric_follows_every_bound_told_back_to_the_limit():
+    """perf_predictor_requests_held_bound is set on each change, a bound seen before included (a bound
+    lowered and then restored must read as restored)."""
+    from prometheus_client import REGISTRY
+
+    from predictor import metrics
+
+    for bound in (LIMIT, LIMIT // 2, LIMIT):
+        metrics.record_bound("admission-test", bound)
+        assert REGISTRY.get_sample_value("perf_predictor_requests_held_bound", {"model": "admission-test"}) == bound
