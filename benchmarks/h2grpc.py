@@ -3,10 +3,10 @@ ModelInferRequest for it, run it and read its per-call log.
 
     binary = h2grpc.build(work)                       # cc into `work`, never into the repository
     body = h2grpc.write_body(work / "infer.grpc", window, series)
-    status, seconds = h2grpc.run(binary, grpc_port, body, connections=64, rps=40, seconds=5, log=work / "g.tsv")
+    calls = h2grpc.calls(binary, grpc_port, body, connections=64, rps=40, seconds=5, log=work / "g.tsv")
 
-`status` is each call's grpc-status (0 OK, 14 UNAVAILABLE, -1 none: reset, GOAWAY, connection lost,
-timed out), `seconds` its duration. It is C, like h2load for the REST phases, so the load generator
+`calls.status` is each call's grpc-status (0 OK, 14 UNAVAILABLE, -1 none: reset, GOAWAY, connection lost,
+timed out), `calls.seconds` its duration. It is C, like h2load for the REST phases, so the load generator
 does not take the server's core, and open loop, so a refused call's latency is the server's, not a
 client queue's. Needs a C compiler and libnghttp2.so.14 (which the native gRPC front needs too)."""
 from __future__ import annotations
@@ -88,10 +88,3 @@ def calls(binary: Path, port: int, body: Path, connections: int, rps: float, sec
         raise RuntimeError(f"h2grpc failed ({done.returncode}): {done.stderr[-1500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2) if log.stat().st_size else np.zeros((0, 3), np.int64)
     return Calls(rows[:, 0] / 1e6, rows[:, 1], rows[:, 2] / 1e6, done.stdout.strip(), done.stderr[-2000:])
-
-
-def run(binary: Path, port: int, body: Path, connections: int, rps: float, seconds: float,
-        log: Path, **options) -> tuple[np.ndarray, np.ndarray]:
-    """(grpc-status, seconds) of every call, as benchmarks/overload.py's h2load() gives (HTTP status, seconds)."""
-    result = calls(binary, port, body, connections, rps, seconds, log, **options)
-    return result.status, result.seconds
