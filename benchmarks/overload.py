@@ -54,9 +54,10 @@ class Requests:
     span: float
 
     @classmethod
-    def of(cls, start_us: np.ndarray, status: np.ndarray, duration_us: np.ndarray) -> Requests:
-        started = (start_us - start_us.min()) / 1e6
-        return cls(status, duration_us / 1e6, started, float((started + duration_us / 1e6).max()))
+    def of(cls, start: np.ndarray, status: np.ndarray, seconds: np.ndarray) -> Requests:
+        """From each request's start (any clock, seconds), status and latency (seconds)."""
+        started = start - start.min()
+        return cls(status, seconds, started, float((started + seconds).max()))
 
 
 def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: int, seconds: float,
@@ -81,14 +82,14 @@ def h2load(server: loadgen.Server, body: Path, work: Path, name: str, clients: i
     if run.returncode != 0 or not log.exists():
         raise RuntimeError(f"h2load failed: {run.stdout[-800:]} {run.stderr[-500:]}")
     rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
-    return Requests.of(rows[:, 0], rows[:, 1], rows[:, 2])
+    return Requests.of(rows[:, 0] / 1e6, rows[:, 1], rows[:, 2] / 1e6)
 
 
 def grpc_load(binary: Path, server: loadgen.Server, body: Path, work: Path, name: str, connections: int,
               seconds: float, rps_per_connection: float = 0.0) -> Requests:
     """h2grpc's calls, as h2load() gives requests (status: grpc-status)."""
     calls = h2grpc.calls(binary, server.grpc_port, body, connections, rps_per_connection, seconds, work / f"{name}.tsv")
-    return Requests.of(np.round(calls.start * 1e6), calls.status, np.round(calls.seconds * 1e6))
+    return Requests.of(calls.start, calls.status, calls.seconds)
 
 
 def outcome(phase: Requests, ok: int, refused: int, warm_up: float) -> dict:

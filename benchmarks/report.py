@@ -125,9 +125,7 @@ def overload_section(o: dict) -> str:
     gcap, gover = grpc.get("capacity", {}), grpc.get("overload", {})
     lines += [
         f"| capacity ({o['capacity']['clients']} connections, closed loop): req/s, p99 ms | {o['capacity']['rps']:,} / "
-        f"{o['capacity']['p99_ms']} | {gcap.get('rps', ''):,} / {gcap.get('p99_ms', '')} |" if gcap else
-        f"| capacity ({o['capacity']['clients']} connections, closed loop): req/s, p99 ms | {o['capacity']['rps']:,} / "
-        f"{o['capacity']['p99_ms']} | |",
+        f"{o['capacity']['p99_ms']} | " + (f"{gcap['rps']:,} / {gcap['p99_ms']} |" if gcap else "|"),
         f"| overload offered (sent), req/s | {rest['offered_rps']:,} ({rest['sent_rps']:,}) on "
         f"{rest['connections']} connections | " + (f"{gover['offered_rps']:,} ({gover['sent_rps']:,}) on "
                                                   f"{gover['connections']} connections |" if gover else " |"),
