@@ -131,11 +131,18 @@ def test_the_refusal_message_says_how_many_requests_are_in_progress(clock):
 
 def test_the_metric_follows_every_bound_told_back_to_the_limit():
     """perf_predictor_requests_held_bound is set on each change, a bound seen before included (a bound
-    lowered and then restored must read as restored)."""
-    from prometheus_client import REGISTRY
+    lowered and then restored must read as restored). In a process of its own: predictor.metrics brings
+    kserve's protos, which cannot share a process with tritonclient's (other tests import those)."""
+    import os
+    import subprocess
+    import sys
 
-    from predictor import metrics
-
-    for bound in (LIMIT, LIMIT // 2, LIMIT):
-        metrics.record_bound("admission-test", bound)
-        assert REGISTRY.get_sample_value("perf_predictor_requests_held_bound", {"model": "admission-test"}) == bound
+    script = ("from prometheus_client import REGISTRY\n"
+              "from predictor import metrics\n"
+              f"for bound in {(LIMIT, LIMIT // 2, LIMIT)!r}:\n"
+              "    metrics.record_bound('admission-test', bound)\n"
+              "    print(REGISTRY.get_sample_value('perf_predictor_requests_held_bound', {'model': 'admission-test'}))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [float(v) for v in run.stdout.split()] == [LIMIT, LIMIT // 2, LIMIT]
