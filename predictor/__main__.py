@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
     from . import auth, logs
+    from .batching import FORECAST_NICE
 
     parser = argparse.ArgumentParser(prog="python -m predictor", parents=[model_server.parser])
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="model directory to serve")
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "file-descriptor limit if less)")
     parser.add_argument("--predict_threads", type=int, default=None,
                         help="threads one large batch may use (default: cores / workers)")
+    parser.add_argument("--forecast_nice", type=int, choices=range(20), metavar="0-19",
+                        default=env_flag("PERF_PREDICTOR_FORECAST_NICE", str(FORECAST_NICE)),
+                        help="how far below the event loop predicts run on the CPU (nice): higher keeps refusals "
+                             "fastest under overload, lower keeps accepted requests' latency tail shorter "
+                             "(docs/design.md; env PERF_PREDICTOR_FORECAST_NICE)")
     parser.add_argument("--grpc_front", default=env_flag("PERF_PREDICTOR_GRPC_FRONT", "native"),
                         choices=["native", "kserve"],
                         help="what serves --grpc_port: libnghttp2 inside this process (predictor/grpc_server.py; "
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.predict_threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
     model = PerfPredictor(args.model_name, args.model_dir, args.max_batch_delay_ms, args.max_batch_series, threads,
                           args.inline_max_series, args.max_request_series, args.max_body_bytes,
-                          args.max_requests_held)
+                          args.max_requests_held, args.forecast_nice)
     try:
         model.load()
     except ModelLoadError as exc:

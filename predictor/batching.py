@@ -16,9 +16,9 @@ request's `done` is called as soon as its rows are predicted, so a server that c
 there (the native gRPC server) does so before anything else runs.
 
 The forecast thread (and numba's threads, which it starts) runs at a lower CPU priority than the event
-loop (nice +FORECAST_NICE): on a saturated core the loop still reads, refuses and answers at once, and
-predicts take the time it leaves. At the same priority the scheduler would split the core between them,
-and every request, a refusal too, would wait for the loop's turn.
+loop (nice +`nice`, FORECAST_NICE by default): on a saturated core the loop gets most of it, so reads,
+refusals and replies are not held up behind predicts, and predicts still get a share, so accepted
+requests' forecasts are not starved. docs/design.md has the measured balance.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import numpy as np
 
 logger = logging.getLogger("perf_predictor")
 
-FORECAST_NICE = 10  # added to the forecast thread's nice value (weight about a tenth of the loop's)
+FORECAST_NICE = 5  # added to the forecast thread's nice value by default (weight about a third of the loop's)
 Predict = Callable[[np.ndarray], np.ndarray]
 # called on the event loop with the request's forecasts [q, n, h], or with the exception that failed its batch
 Done = Callable[[Optional[np.ndarray], Optional[BaseException]], None]
@@ -56,7 +56,8 @@ class Pending:
 
 class MicroBatcher:
     def __init__(self, predict: Predict, max_delay_s: float = 0.0, max_series: int = 4096,
-                 on_batch: Callable[[int], None] = lambda n_series: None, inline_max_series: int = 0):
+                 on_batch: Callable[[int], None] = lambda n_series: None, inline_max_series: int = 0,
+                 nice: int = FORECAST_NICE):
         self.predict = predict
         self.inline_max_series = inline_max_series
         self.on_batch = on_batch
@@ -69,7 +70,7 @@ class MicroBatcher:
         # One thread runs every predict that is not inline: the event loop stays free, and requests
         # never compete for the cores with each other's OpenMP teams.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast",
-                                            initializer=lower_priority)
+                                            initializer=lower_priority, initargs=(nice,))
 
     def submit(self, windows: np.ndarray, inline: bool, done: Done) -> Pending:
         """Queues windows [n, W]; `done` gets the predict function's output for them, [q, n, h]. Call
@@ -149,13 +150,15 @@ class MicroBatcher:
             start += len(p.windows)
 
 
-def lower_priority() -> None:
-    """The calling thread (and the threads it starts) yields the CPU to the event loop: nice +FORECAST_NICE.
-    Raising one's own nice value needs no privilege; if it fails all the same, predicts share the CPU
-    evenly with the loop, as before, and that is said once."""
+def lower_priority(nice: int = FORECAST_NICE) -> None:
+    """The calling thread (and the threads it starts) yields the CPU to the event loop: `nice` added to its
+    nice value. Raising one's own nice value needs no privilege; if it fails all the same, predicts share
+    the CPU evenly with the loop, and that is said once."""
+    if nice <= 0:
+        return
     thread = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + FORECAST_NICE))
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
     except OSError as exc:
         logger.warning("the forecast thread keeps the event loop's CPU priority: %s", exc)
 

@@ -15,7 +15,7 @@ from forecaster.model import QuantileForecaster
 
 from . import codec, jit_cache, metrics
 from .admission import Admission
-from .batching import Done, MicroBatcher, Pending, until_done
+from .batching import FORECAST_NICE, Done, MicroBatcher, Pending, until_done
 from .contract import INPUT_NAME, OUTPUT_DATATYPE, HistoryLength
 
 logger = logging.getLogger("perf_predictor")
@@ -40,7 +40,7 @@ def default_max_body_bytes(max_series: int, window: int) -> int:
 class PerfPredictor(Model):
     def __init__(self, name: str, model_dir: str, max_batch_delay_ms: float = 0.0, max_batch_series: int = 4096,
                  predict_threads: int = 1, inline_max_series: int = 0, max_request_series: Optional[int] = None,
-                 max_body_bytes: Optional[int] = None, max_requests_held: int = 0):
+                 max_body_bytes: Optional[int] = None, max_requests_held: int = 0, forecast_nice: int = FORECAST_NICE):
         super().__init__(name)
         self.max_request_series = max_request_series or REQUEST_SERIES_PER_BATCH * max_batch_series
         self.max_body_bytes = max_body_bytes  # None: default_max_body_bytes, once the window is known
@@ -49,6 +49,7 @@ class PerfPredictor(Model):
         self.max_batch_delay_ms = max_batch_delay_ms
         self.max_batch_series = max_batch_series
         self.inline_max_series = inline_max_series
+        self.forecast_nice = forecast_nice  # the forecast thread's CPU priority below the loop's (batching.py)
         self.forecaster: Optional[QuantileForecaster] = None
         self.card: dict = {}
         self.history_length: Optional[HistoryLength] = None
@@ -112,7 +113,7 @@ class PerfPredictor(Model):
             self._batcher = MicroBatcher(partial(self.forecaster.predict, threads=self.predict_threads),
                                          self.max_batch_delay_ms / 1000,
                                          self.max_batch_series, metrics.PREDICT_BATCH.labels(self.name).observe,
-                                         self.inline_max_series)
+                                         self.inline_max_series, self.forecast_nice)
         return self._batcher
 
     def submit(self, history: np.ndarray, protocol: str, inline: bool, done: Done) -> Pending:

@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from predictor.batching import MicroBatcher
 
@@ -166,10 +167,11 @@ def test_a_batcher_moves_to_a_new_event_loop():
     np.testing.assert_array_equal(out[0], rows(7, 1)[:, :2])
 
 
-def test_predicts_run_at_a_lower_cpu_priority_than_the_event_loop_and_so_do_threads_they_start():
+@pytest.mark.parametrize("nice", [None, 3, 0])
+def test_predicts_run_at_a_lower_cpu_priority_than_the_event_loop_and_so_do_threads_they_start(nice):
     """The forecast thread yields the core to the event loop (batching.lower_priority): its nice value is
-    the loop's + FORECAST_NICE (at most 19), read from the kernel for the thread that ran the predict and
-    for a thread that predict started (numba's threads are started that way)."""
+    the loop's + FORECAST_NICE, or + `nice` (--forecast_nice), at most 19, read from the kernel for the
+    thread that ran the predict and for a thread that predict started (numba's threads are started that way)."""
     import os
     import threading
 
@@ -184,8 +186,8 @@ def test_predicts_run_at_a_lower_cpu_priority_than_the_event_loop_and_so_do_thre
         child.join()
         return np.stack([windows[:, :2]])
 
-    batcher = MicroBatcher(model)
+    batcher = MicroBatcher(model) if nice is None else MicroBatcher(model, nice=nice)
     loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     asyncio.run(batcher.forecast(rows(0, 1), inline=False))
-    assert seen == [min(19, loop_nice + FORECAST_NICE)] * 2
+    assert seen == [min(19, loop_nice + (FORECAST_NICE if nice is None else nice))] * 2
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is unchanged

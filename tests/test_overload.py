@@ -4,6 +4,7 @@ one past it is refused at once, REST 503 with Retry-After and gRPC UNAVAILABLE, 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -223,6 +224,22 @@ def test_authentication_comes_before_the_overload_refusal(model_dir, tmp_path, w
                 assert status == expected, (extra, reply)
         holder.join(timeout=30)
         assert first and first[0][0] == 200, first
+    finally:
+        stop_server(srv)
+
+
+def test_the_forecast_thread_runs_at_the_cpu_priority_the_operator_gives(model_dir, tmp_path, window):
+    # --forecast_nice reaches the thread that predicts (batching.py): every batch goes to it here
+    # (--inline_max_series 0), and its nice value is read from the kernel; every other thread keeps the loop's
+    srv = start_server(model_dir, tmp_path / "server.log", "--forecast_nice", "4", "--inline_max_series", "0")
+    try:
+        wait_ready(srv)
+        status, _, reply = post_raw(srv, v2_body(window), {"Content-Type": "application/json"})
+        assert status == 200, reply
+        pid = srv.process.pid
+        loop_nice = os.getpriority(os.PRIO_PROCESS, pid)
+        nices = [os.getpriority(os.PRIO_PROCESS, int(task)) for task in os.listdir(f"/proc/{pid}/task")]
+        assert set(nices) == {loop_nice, loop_nice + 4} and nices.count(loop_nice + 4) == 1
     finally:
         stop_server(srv)
 
