@@ -153,6 +153,25 @@ def overload_section(o: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overload_runs(runs: list[dict]) -> str:
+    """One row per run of benchmarks/overload.py, in order: how much the two targets move from run to run
+    on this machine, and with the server's flags (--forecast_nice: docs/design.md)."""
+    lines = ["", "Every run, in order (`benchmarks/overload.py --pin --server_flags=… --json "
+             ".cache/limits/overload-runs/NAME.json`, one file each): accepted p99 over capacity's p99 for the whole "
+             "phase (after its first second), and refused p50 in ms. The table above is the last run with today's "
+             "defaults.", "",
+             "| measured (UTC) | server flags | REST accepted | REST refused | gRPC accepted | gRPC refused | load before |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for o in sorted(runs, key=lambda o: o["measured_at"]):
+        g = o.get("grpc") or {}
+        lines.append(
+            f"| {o['measured_at']} | `{o.get('server_flags') or 'defaults'}` | {o['accepted_p99_over_capacity_p99']} "
+            f"({o['after_warm_up_over_capacity_p99']}) | {o['overload']['refused_p50_ms']} | "
+            f"{g.get('accepted_p99_over_capacity_p99', '')} ({g.get('after_warm_up_over_capacity_p99', '')}) | "
+            f"{g.get('overload', {}).get('refused_p50_ms', '')} | {str(o['load_average_before']).split()[0]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serving", type=Path, default=BENCH / "results" / "latest.json")
@@ -176,6 +195,8 @@ def main() -> int:
         parts.append(limits_section(*(json.loads(p.read_text()) if p.exists() else None for p in limits)))
     if (overload := args.limits / "overload.json").exists():
         parts.append(overload_section(json.loads(overload.read_text())))
+        if runs := sorted((args.limits / "overload-runs").glob("*.json")):
+            parts[-1] += overload_runs([json.loads(p.read_text()) for p in runs])
     if args.serving.exists():
         parts.append(run.render(json.loads(args.serving.read_text()), level=2))
     if args.replay.exists():
