@@ -222,11 +222,11 @@ def main() -> int:
             # where the machine's cores went during the overload phase: the server, and h2load (a child)
             settle()
             server_cpu, children = cpu_seconds(server.pids()), resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall = rest_start = time.monotonic()
+            rest_start = time.monotonic()
             overload = h2load(server, body, work, "overload", args.connections, args.seconds,
-                                           args.factor * capacity / args.connections)
+                              args.factor * capacity / args.connections)
             rest_end = time.monotonic()
-            wall = rest_end - wall
+            wall = rest_end - rest_start
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cores = {"server": round((cpu_seconds(server.pids()) - server_cpu) / wall, 2),
                      "h2load": round((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall, 2),

@@ -158,7 +158,7 @@ def overload_runs(runs: list[dict]) -> str:
     on this machine, and with the server's flags (--forecast_nice: docs/design.md)."""
     lines = ["", "Every run, in order (`benchmarks/overload.py --pin --server_flags=… --json "
              ".cache/limits/overload-runs/NAME.json`, one file each): accepted p99 over capacity's p99 for the whole "
-             "phase (after its first second), and refused p50 in ms. The table above is the last run with today's "
+             "phase (after its first second), and refused p50 in ms. The table above is the last run with the current "
              "defaults.", "",
              "| measured (UTC) | server flags | REST accepted | REST refused | gRPC accepted | gRPC refused | load before |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -195,7 +195,7 @@ def main() -> int:
         parts.append(limits_section(*(json.loads(p.read_text()) if p.exists() else None for p in limits)))
     if (overload := args.limits / "overload.json").exists():
         parts.append(overload_section(json.loads(overload.read_text())))
-        if runs := sorted((args.limits / "overload-runs").glob("*.json")):
+        if runs := list((args.limits / "overload-runs").glob("*.json")):  # overload_runs orders them
             parts[-1] += overload_runs([json.loads(p.read_text()) for p in runs])
     if args.serving.exists():
         parts.append(run.render(json.loads(args.serving.read_text()), level=2))

@@ -87,7 +87,7 @@ class Admission:
         overloaded = self._refused and self._refused_before and windows < 2
         bound = self.bound
         if overloaded and self._best > 0 and self._rate < SLACK * self._best and self._below < PROBE_WINDOWS:
-            self.bound = max(max(1, self.limit // 4), round(self.limit * self._rate / self._best))
+            self.bound = max(1, self.limit // 4, round(self.limit * self._rate / self._best))
             self._below += 1
         elif not self._refused or self._below:
             self.bound, self._below = self.limit, 0
