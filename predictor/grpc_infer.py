@@ -29,7 +29,7 @@ from .admission import OVERLOAD, Admission
 from .batching import Pending, until_done
 from .contract import (HTTP_STATUS_OF_GRPC, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
                        UNIMPLEMENTED, internal_error, reason_of)
-from .model import PerfPredictor, served
+from .model import PerfPredictor, served, sole_model
 
 logger = logging.getLogger("perf_predictor")
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -181,13 +181,18 @@ class Call:
         self.counted(499, "cancelled")
 
 
-def start(registry: ModelRepository, body: bytes, encoding: Optional[bytes], started: float,
+def start(registry: ModelRepository, chunks: list[bytes], encoding: Optional[bytes], started: float,
           reply: Callable[[Reply], None]) -> Optional[Call]:
-    """Begins one ModelInfer whose request body (one gRPC frame) is `body`: `reply` gets the reply, at
-    once for a call refused before the model sees it (then None is returned), else from the event loop
-    when the forecast is ready."""
+    """Begins one ModelInfer whose request body (one gRPC frame) came in `chunks`: `reply` gets the reply,
+    at once for a call refused before the model sees it (then None is returned), else from the event
+    loop when the forecast is ready. A process serving one model refuses a call for overload before
+    its message is read (as REST refuses on the path): under overload most calls are refused, and
+    parsing each first cost more than the refusal."""
+    if (model := sole_model(registry)) is not None and model.ready and model.admission.full():
+        metrics.record_refusal(model.name, "grpc")
+        return reply(Reply(UNAVAILABLE, model.admission.message()))
     try:
-        request = parse(body, encoding, max_message_bytes("receive"))
+        request = parse(b"".join(chunks), encoding, max_message_bytes("receive"))
     except CallError as exc:
         logger.info("rejected gRPC call: %s", exc)
         return reply(rejected("unknown", exc.status, str(exc), started))

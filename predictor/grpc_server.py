@@ -258,7 +258,7 @@ class NativeGRPCServer:
                     v for v in (stream.headers.get(b"authorization"),) if v is not None])) is not None:
                 connection.reply(stream_id, Reply(auth.UNAUTHENTICATED, refusal))
             elif path == INFER:
-                stream.call = grpc_infer.start(self.registry, b"".join(stream.chunks), encoding, started,
+                stream.call = grpc_infer.start(self.registry, stream.chunks, encoding, started,
                                                partial(connection.reply, stream_id))
                 if stream.call is not None and timeout is not None:
                     stream.deadline = self.loop.call_later(timeout, connection.expire_call, stream_id)

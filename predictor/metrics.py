@@ -7,6 +7,8 @@ them. KServe's own histograms land in the same directory and keep working.
 """
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import glob
 import os
@@ -80,6 +82,7 @@ def _forget_dead_workers(path: str) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The scrape body: the sum over every process when multiprocess mode is on."""
+    flush_refusals()
     path: Optional[str] = os.environ.get(MULTIPROC_ENV)
     if not path:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
@@ -118,9 +121,37 @@ def predict_seconds(model: str):
     return PREDICT_HIST_TIME.labels(**get_labels(model))
 
 
+# Refusals for overload, counted here and added to REJECTED at most REFUSALS_FLUSH_S later (and before
+# this process answers a scrape): under overload they come by the thousand a second, and each update of
+# a multiprocess metric takes a lock, a getpid() and a write to its file.
+REFUSALS_FLUSH_S = 0.5
+_refusals: dict[tuple[str, str], int] = {}
+
+
+def record_refusal(model: str, protocol: str) -> None:
+    """One request refused for overload (admission.py): not a server error, so load alone cannot fire
+    the error-ratio alert."""
+    key = (model, protocol)
+    if not _refusals:
+        try:
+            asyncio.get_running_loop().call_later(REFUSALS_FLUSH_S, flush_refusals)
+        except RuntimeError:  # no loop (a test, a script): counted at once
+            _refusals[key] = 1
+            flush_refusals()
+            return
+    _refusals[key] = _refusals.get(key, 0) + 1
+
+
+@atexit.register
+def flush_refusals() -> None:
+    while _refusals:
+        (model, protocol), n = _refusals.popitem()
+        REJECTED.labels(model, protocol, OVERLOAD).inc(n)
+
+
 def record(model: str, protocol: str, endpoint: str, status: int, reason: Optional[str], seconds: float) -> None:
-    if reason == OVERLOAD:  # load alone must not count as server errors in the error-ratio alert
-        REJECTED.labels(model, protocol, reason).inc()
+    if reason == OVERLOAD:
+        record_refusal(model, protocol)
         return
     REQUESTS.labels(model, protocol, endpoint, status_class(status)).inc()
     DURATION.labels(model, protocol, endpoint).observe(seconds)

@@ -140,6 +140,15 @@ def served(registry: ModelRepository, name: str) -> Optional[PerfPredictor]:
     return model if isinstance(model, PerfPredictor) else None
 
 
+def sole_model(registry: ModelRepository) -> Optional[PerfPredictor]:
+    """The model, when the registry holds one model and it is ours (so a request can name no other)."""
+    models = registry.get_models()
+    if len(models) != 1:
+        return None
+    model = next(iter(models.values()))
+    return model if isinstance(model, PerfPredictor) else None
+
+
 def body_limit(registry: ModelRepository, name: Optional[str] = None) -> int:
     """The REST body limit of the model of ours named `name`; for any other request, the largest of
     our models' limits."""

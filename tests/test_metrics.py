@@ -5,6 +5,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from .conftest import MODEL_NAME, start_server, stop_server, wait_ready
+from .conftest import MODEL_NAME, REPO, start_server, stop_server, wait_ready
 from .test_serving import histories, post
 
 REST_OK, REST_BAD_SHORT, REST_BAD_NAME, GRPC_OK, GRPC_BAD = 40, 3, 2, 7, 2
@@ -242,3 +244,51 @@ def test_json_logs_with_request_lines(model_dir, tmp_path, window):
     assert any("rejected request" in m for m in messages)
     assert any(r["logger"] == "perf_predictor" and "loaded model" in r["message"] for r in records)
 
+
+
+REFUSALS_CHECK = """
+import asyncio, os, sys
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from predictor import metrics
+
+def rejected(registry=REGISTRY):
+    labels = {"model": "m", "protocol": "grpc", "reason": "overload"}
+    return registry.get_sample_value("perf_predictor_rejected_total", labels) or 0.0
+
+async def refuse(n):
+    for _ in range(n):
+        metrics.record_refusal("m", "grpc")
+
+async def main():
+    await refuse(1000)
+    assert rejected() == 1.0  # not one counter update per refusal
+    metrics.exposition()  # a scrape of this process counts them first
+    assert rejected() == 1001.0, rejected()
+    await refuse(5)
+    await asyncio.sleep(metrics.REFUSALS_FLUSH_S + 0.3)  # and they are counted within REFUSALS_FLUSH_S anyway
+    assert rejected() == 1006.0, rejected()
+    await refuse(7)  # counted on the way out, before the next flush is due
+
+if sys.argv[1] == "refuse":
+    metrics.record_refusal("m", "grpc")  # no event loop: counted at once
+    assert rejected() == 1.0
+    asyncio.run(main())
+else:  # what the files of the process before say, as a scrape of a multiprocess server reads them
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    print(rejected(registry))
+"""
+
+
+def test_refusals_are_counted_in_bulk_and_none_are_lost(tmp_path):
+    """Refusals for overload come by the thousand a second: they are added to perf_predictor_rejected_total
+    in bulk, before a scrape of the process, every REFUSALS_FLUSH_S, and at exit (in a process of its
+    own, with prometheus-client's multiprocess files as a served process has them)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    refused = subprocess.run([sys.executable, "-c", REFUSALS_CHECK, "refuse"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 0, refused.stderr[-2000:]
+    counted = subprocess.run([sys.executable, "-c", REFUSALS_CHECK, "read"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert float(counted.stdout.strip()) == 1 + 1000 + 5 + 7

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
@@ -24,6 +25,21 @@ def v2_body(window: int) -> bytes:
     data = histories(1, window)
     return json.dumps({"inputs": [{"name": "history", "datatype": "FP32", "shape": list(data.shape),
                                    "data": data.ravel().tolist()}]}).encode()
+
+
+NOT_A_MESSAGE = b"\xff\xff\xff\xff"  # no ModelInferRequest parses from it
+
+
+def raw_model_infer(srv, message: bytes) -> tuple[grpc.StatusCode, str]:
+    """ModelInfer with `message` as its bytes, as they are: the status and its details."""
+    with grpc.insecure_channel(srv.grpc_host) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=bytes,
+                                   response_deserializer=bytes)
+        try:
+            call(message, timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 def hold_the_place(srv, body: bytes, headers: tuple = ()) -> tuple[threading.Thread, list]:
@@ -74,18 +90,23 @@ def test_a_request_past_the_bound_is_refused_at_once(model_dir, tmp_path, window
             infer(srv, histories(1, window))
         assert refused.value.status() == "StatusCode.UNAVAILABLE"
         assert "at capacity" in refused.value.message()
+        if front == "native":  # refused before its message is read, as REST refuses on the path
+            code, details = raw_model_infer(srv, NOT_A_MESSAGE)
+            assert (code, "at capacity" in details) == (grpc.StatusCode.UNAVAILABLE, True), details
 
         holder.join(timeout=30)
         assert first and first[0][0] == 200, first
         assert post_raw(srv, body, headers)[0] == 200  # the place is free again
         assert infer(srv, histories(1, window)).as_numpy("p50").shape[0] == 1
+        if front == "native":  # with a place free, the same message is read, and refused for what it is
+            assert raw_model_infer(srv, NOT_A_MESSAGE)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
         # a call is counted just after its reply is written
         successes = wait_for_count(lambda: value(scrape(srv), "perf_predictor_requests_total", model=MODEL_NAME,
                                                  status_class="2xx"), 3)
         assert successes == 3
         after = scrape(srv)
-        for protocol, expected in (("rest", 3), ("timeseries", 1), ("grpc", 1)):
+        for protocol, expected in (("rest", 3), ("timeseries", 1), ("grpc", 2 if front == "native" else 1)):
             refused_count = [value(s, "perf_predictor_rejected_total", protocol=protocol, reason="overload")
                              for s in (before, after)]
             assert refused_count[1] - refused_count[0] == expected, protocol
