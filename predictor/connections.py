@@ -8,7 +8,8 @@ body arrives, nothing times out, headers have no size limit, and connections hav
 open, idle ones included). So here, per connection:
 - the request headers must arrive within `header_timeout` of the connection opening or of the request's
   first byte, and be at most MAX_HEADER_BYTES; the body within `body_timeout` of the headers. Past
-  either: 408 (431 for headers too large) `{"error": ...}` and the connection closes;
+  either (seen within a quarter of the shorter timeout, at most 1 s): 408 (431 for headers too large)
+  `{"error": ...}` and the connection closes;
 - past `max_connections` in this process, a new connection closes the connection that has waited
   longest for a request (idle, or its headers still arriving); if every one has a request in progress,
   the new connection's request gets 503 `{"error": ...}` and `Connection: close`. So clients holding
@@ -81,7 +82,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, config, server_state, app_state, _loop=None):
         super().__init__(config, server_state, app_state, _loop)
         self.limits: Limits = getattr(config, "perf_predictor_limits", Limits())
-        self.read_timer = None
+        self.read_deadline: Optional[float] = None  # on the loop's clock; checked by the sweep (Sweep)
         self.waiting_since = self.loop.time()  # for a request (idle, or its headers arriving)
         self.header_bytes = 0
         self.refused: Optional[int] = None  # the status this connection was answered with instead
@@ -109,12 +110,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- timeouts and the header size
     def _time_reads(self, seconds: Optional[float]) -> None:
-        if self.read_timer is not None:
-            self.read_timer.cancel()
-        self.read_timer = None if seconds is None else self.loop.call_later(seconds, self._read_timed_out)
+        if seconds is None:
+            self.read_deadline = None
+        else:
+            self.read_deadline = self.loop.time() + seconds
+            Sweep.of(self.loop, self.connections, self.limits)
 
     def _read_timed_out(self) -> None:
-        self.read_timer = None
+        self.read_deadline = None
         if self.discarding:  # its 503 has gone out; the rest of its body did not come
             self.transport.close()
             return
@@ -234,6 +237,37 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc) -> None:
         self._time_reads(None)
         super().connection_lost(exc)
+
+
+class Sweep:
+    """Cuts off the connections of one event loop whose read deadline has passed, checked every
+    `period` seconds (a quarter of the shorter timeout, at most 1 s). A deadline is a number on the
+    connection, not a timer: timers made and cancelled on every request were a sizeable share of what
+    a refusal for overload costs (benchmarks/README.md#overload)."""
+
+    _running: dict[int, "Sweep"] = {}  # id(loop) -> its sweep
+
+    def __init__(self, loop, connections: set, period: float):
+        self.loop, self.connections, self.period = loop, connections, period
+
+    @classmethod
+    def of(cls, loop, connections: set, limits: Limits) -> None:
+        """Starts the loop's sweep if it has none."""
+        if id(loop) in cls._running and cls._running[id(loop)].loop is loop:
+            return
+        sweep = cls._running[id(loop)] = cls(loop, connections, min(1.0, limits.header_timeout / 4,
+                                                                      limits.body_timeout / 4))
+        loop.call_later(sweep.period, sweep.run)
+
+    def run(self) -> None:
+        if self.loop.is_closed():
+            return
+        now = self.loop.time()
+        for connection in list(self.connections):
+            deadline = getattr(connection, "read_deadline", None)
+            if deadline is not None and deadline <= now:
+                connection._read_timed_out()
+        self.loop.call_later(self.period, self.run)
 
 
 async def refuse_over_cap(scope, receive, send) -> None:

@@ -101,24 +101,36 @@ class OverloadRefusal:
     def __init__(self, registry: ModelRepository, gate: auth.Gate):
         self.registry = registry
         self.gate = gate
+        self.routes: dict[str, Optional[tuple]] = {}  # path -> what route_of found (it is most of the cost)
+
+    @staticmethod
+    def route_of(path: str) -> Optional[tuple]:
+        """("rest", model name, version or None) for an inference route, ("timeseries",) for the forecast
+        route, None for any other path."""
+        if (match := INFERENCE_PATH.match(path)) is not None:
+            versioned = VERSIONED.match(path)
+            return "rest", match["v2"] or match["v1"], None if versioned is None else versioned["version"]
+        return (timeseries.PROTOCOL,) if path.rstrip("/") == timeseries.FORECAST_PATH else None
 
     def __call__(self, path: str, headers: list) -> Optional[bytes]:
-        if (match := INFERENCE_PATH.match(path)) is not None:
-            model, protocol = served(self.registry, match["v2"] or match["v1"]), "rest"
-            endpoint = "v2_infer" if match["v2"] else "v1_predict"
-            versioned = VERSIONED.match(path)
-            if versioned is not None and (model is None or versioned["version"] != model.version):
-                return None
-        elif path.rstrip("/") == timeseries.FORECAST_PATH:
-            ours = [m for m in (served(self.registry, n) for n in list(self.registry.get_models())) if m is not None]
-            model, protocol, endpoint = (ours[0] if len(ours) == 1 else None), timeseries.PROTOCOL, timeseries.ENDPOINT
-        else:
+        if (route := self.routes.get(path, False)) is False:
+            if len(self.routes) >= 256:  # paths are the client's to choose: the cache stays small
+                self.routes.clear()
+            route = self.routes[path] = self.route_of(path)
+        if route is None:
             return None
+        if route[0] == "rest":
+            model, protocol = served(self.registry, route[1]), "rest"
+            if route[2] is not None and (model is None or route[2] != model.version):
+                return None
+        else:
+            ours = [m for m in (served(self.registry, n) for n in list(self.registry.get_models())) if m is not None]
+            model, protocol = (ours[0] if len(ours) == 1 else None), timeseries.PROTOCOL
         if model is None or not model.ready or not model.admission.full():
             return None
         if self.gate.rest_refusal({"path": path, "headers": headers}) is not None:
             return None
-        metrics.record(model.name, protocol, endpoint, 503, OVERLOAD, 0.0)
+        metrics.record_refusal(model.name, protocol)
         if protocol == timeseries.PROTOCOL:
             return timeseries.overloaded_body(model)
         return orjson.dumps({"error": model.admission.message()})
