@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "perf-predictor"
 
 
+def git_commit() -> str:
+    """The commit the benchmark ran, "+dirty" when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -265,7 +265,7 @@ def main() -> int:
     rest = outcome(overload, ok=200, refused=503, warm_up=args.warm_up)
     summary = {
         "series_per_request": args.series, "bound": args.bound, "factor": args.factor, "pinned": args.pin,
-        "server_flags": args.server_flags,
+        "server_flags": args.server_flags, "git": loadgen.git_commit(),
         "light": {"requests": len(light.status), "p50_ms": loadgen.percentile_ms(light.seconds, 50),
                   "p99_ms": p99_light, "errors": int((light.status != 200).sum())},
         "capacity": {"clients": args.bound, "rps": round(capacity, 1),

@@ -160,12 +160,14 @@ def overload_runs(runs: list[dict]) -> str:
              ".cache/limits/overload-runs/NAME.json`, one file each): accepted p99 over capacity's p99 for the whole "
              "phase (after its first second), and refused p50 in ms. The table above is the last run with the current "
              "defaults.", "",
-             "| measured (UTC) | server flags | REST accepted | REST refused | gRPC accepted | gRPC refused | load before |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| measured (UTC) | commit | server flags | REST accepted | REST refused | gRPC accepted | gRPC refused "
+             "| load before |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for o in sorted(runs, key=lambda o: o["measured_at"]):
         g = o.get("grpc") or {}
         lines.append(
-            f"| {o['measured_at']} | `{o.get('server_flags') or 'defaults'}` | {o['accepted_p99_over_capacity_p99']} "
+            f"| {o['measured_at']} | {o.get('git', 'before 9073c38')} | `{o.get('server_flags') or 'defaults'}` "
+            f"| {o['accepted_p99_over_capacity_p99']} "
             f"({o['after_warm_up_over_capacity_p99']}) | {o['overload']['refused_p50_ms']} | "
             f"{g.get('accepted_p99_over_capacity_p99', '')} ({g.get('after_warm_up_over_capacity_p99', '')}) | "
             f"{g.get('overload', {}).get('refused_p50_ms', '')} | {str(o['load_average_before']).split()[0]} |")

@@ -56,6 +56,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
+import loadgen  # noqa: E402
 import reference_model  # noqa: E402
 from forecaster import artifact  # noqa: E402
 
@@ -476,11 +477,8 @@ def machine_info(mlserver_bin: Path | None) -> dict:
             versions["mlserver"], versions["mlserver_uvloop"] = res.stdout.split()
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     versions["wrk"] = (wrk_v.stdout or wrk_v.stderr).split("[")[0].replace("wrk", "").strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "versions": versions,
-            "git": commit + ("+dirty" if dirty else "")}
+            "git": loadgen.git_commit()}
 
 
 def fmt(v, digits=1) -> str:
