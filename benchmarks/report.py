@@ -153,6 +153,17 @@ def overload_section(o: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refusal_cost_section(r: dict) -> str:
+    rows = [f"| {name} | {r[key]['offered_rps']:,} | {r[key]['refused']:,} of {r[key]['requests']:,} | "
+            f"{r[key]['server_cpu_seconds']} | {r[key]['us_per_refusal']} |" for name, key in (("REST", "rest"), ("gRPC", "grpc"))]
+    return "\n".join([
+        "", "### Refusal cost", "",
+        f"Every request refused ({r['series_per_request']} series each, {r['connections']} connections, the server on one "
+        f"core): the server's CPU time per refusal. Measured {r['measured_at']} at {r['git']}, load average "
+        f"{r['load_average_before']} before.", "",
+        "| protocol | offered req/s | refused | server CPU s | µs per refusal |", "|---|---:|---:|---:|---:|", *rows, ""])
+
+
 def overload_runs(runs: list[dict]) -> str:
     """One row per run of benchmarks/overload.py, in order: how much the two targets move from run to run
     on this machine, and with the server's flags (--forecast_nice: docs/design.md)."""
@@ -199,6 +210,8 @@ def main() -> int:
         parts.append(overload_section(json.loads(overload.read_text())))
         if runs := list((args.limits / "overload-runs").glob("*.json")):  # overload_runs orders them
             parts[-1] += overload_runs([json.loads(p.read_text()) for p in runs])
+        if (cost := args.limits / "refusal-cost.json").exists():
+            parts[-1] += refusal_cost_section(json.loads(cost.read_text()))
     if args.serving.exists():
         parts.append(run.render(json.loads(args.serving.read_text()), level=2))
     if args.replay.exists():
