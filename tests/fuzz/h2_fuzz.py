@@ -106,11 +106,9 @@ class Harness:
     """One grpc_server.NativeGRPCServer, never started: connections are made and fed by hand."""
 
     def __init__(self):
-        from predictor import grpc_server  # after the sanitized _h2 is chosen (tests/h2_sanitized)
+        from kserve.model_repository import ModelRepository
 
-        class Registry:
-            def get_model(self, name):
-                return None
+        from predictor import grpc_server  # after the sanitized _h2 is chosen (tests/h2_sanitized)
 
         class Server(grpc_server.NativeGRPCServer):
             def call(server, connection, stream_id, stream):
@@ -125,7 +123,7 @@ class Harness:
 
         self.grpc_server = grpc_server
         self.server = Server(0)
-        self.server.registry = Registry()
+        self.server.registry = ModelRepository()  # KServe's, with no model in it
         self.server.loop = Loop()
         self.held: list = []
         self.calls = 0
