@@ -30,6 +30,15 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def publish(summary: dict, path: Path | None) -> None:
+    """A benchmark's summary: printed as JSON, and written to `path` if given."""
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

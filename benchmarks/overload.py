@@ -20,7 +20,6 @@ afterwards and exit 0 on SIGTERM. Prints a JSON summary (--json too).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -283,11 +282,7 @@ def main() -> int:
         "load_average_before": load_before, "load_average_after": load_after,
         "what": "Overload", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    loadgen.publish(summary, args.json)
     return 0
 
 

@@ -14,7 +14,6 @@ mostly one request; at saturation reads batch up and a refusal costs less (bench
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import socket
 import sys
@@ -100,11 +99,7 @@ def main() -> int:
                "git": loadgen.git_commit(), "load_average_before": load_before,
                "load_average_after": loadgen.load_average(),
                "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    loadgen.publish(summary, args.json)
     return 0
 
 

@@ -243,7 +243,7 @@ class Sweep:
     """Cuts off the connections of one event loop whose read deadline has passed, checked every
     `period` seconds (a quarter of the shorter timeout, at most 1 s). A deadline is a number on the
     connection, not a timer: timers made and cancelled on every request were a sizeable share of what
-    a refusal for overload costs (benchmarks/README.md#overload)."""
+    a refusal for overload costs (docs/design.md)."""
 
     _running: dict[int, "Sweep"] = {}  # id(loop) -> its sweep
 
