@@ -77,7 +77,7 @@ def main() -> int:
     binary = h2grpc.build(work)
     server = loadgen.Server.start(model_dir, work / "server.log", "--max_requests_held", "1",
                                   *shlex.split(args.server_flags))
-    stop = threading.Event()
+    stop, holder = threading.Event(), None
     per_connection = args.rate / args.connections
     try:
         server.wait_ready()
@@ -89,10 +89,10 @@ def main() -> int:
                                                      per_connection), 503)
         grpc = phase(server, lambda: overload.grpc_load(binary, server, grpc_body, work, "grpc", args.connections,
                                                         args.seconds, per_connection), UNAVAILABLE)
-        stop.set()
-        holder.join(timeout=5)
     finally:
-        stop.set()
+        stop.set()  # the held request's connection closes before the server is asked to stop
+        if holder is not None:
+            holder.join(timeout=5)
         exit_code = server.stop()
     summary = {"what": "Refusal cost", "series_per_request": args.series, "connections": args.connections,
                "server_flags": args.server_flags, "rest": rest, "grpc": grpc, "exit_code_on_sigterm": exit_code,

@@ -131,15 +131,13 @@ _refusals: dict[tuple[str, str], int] = {}
 def record_refusal(model: str, protocol: str) -> None:
     """One request refused for overload (admission.py): not a server error, so load alone cannot fire
     the error-ratio alert."""
-    key = (model, protocol)
     if not _refusals:
         try:
             asyncio.get_running_loop().call_later(REFUSALS_FLUSH_S, flush_refusals)
         except RuntimeError:  # no loop (a test, a script): counted at once
-            _refusals[key] = 1
-            flush_refusals()
+            REJECTED.labels(model, protocol, OVERLOAD).inc()
             return
-    _refusals[key] = _refusals.get(key, 0) + 1
+    _refusals[model, protocol] = _refusals.get((model, protocol), 0) + 1
 
 
 @atexit.register

@@ -39,7 +39,7 @@ from . import auth, codec, connections, metrics, offload, timeseries
 from .admission import OVERLOAD, RETRY_AFTER, Admission
 from .asgi import BINARY_HEADER, CLOSE, BodyTooLarge, read_body, reply
 from .contract import REASON_OF_HTTP_STATUS, internal_error, reason_of
-from .model import PerfPredictor, body_limit, served
+from .model import PerfPredictor, body_limit, served, sole_model
 
 logger = logging.getLogger("perf_predictor")
 JSON_TYPE = b"application/json"
@@ -94,7 +94,7 @@ async def reply_overloaded(send, state: dict, admission: Admission) -> None:
 class OverloadRefusal:
     """connections.overload_refusal for one process: the 503 body of a POST to an inference route
     (v2 infer, versioned or not; v1 `:predict`; `/v1/timeseries/forecast` when this process serves
-    one model of ours, as that request names its model in the body) of a ready model of ours whose
+    one model, ours (model.sole_model), as that request names its model in the body) of a ready model of ours whose
     bound is reached, counted as the application counts it; None for every other request, and for
     one the application refuses anyway (authentication, an unknown version), so it answers those."""
 
@@ -124,8 +124,7 @@ class OverloadRefusal:
             if route[2] is not None and (model is None or route[2] != model.version):
                 return None
         else:
-            ours = [m for m in (served(self.registry, n) for n in list(self.registry.get_models())) if m is not None]
-            model, protocol = (ours[0] if len(ours) == 1 else None), timeseries.PROTOCOL
+            model, protocol = sole_model(self.registry), timeseries.PROTOCOL
         if model is None or not model.ready or not model.admission.full():
             return None
         if self.gate.rest_refusal({"path": path, "headers": headers}) is not None:

@@ -245,7 +245,6 @@ def test_json_logs_with_request_lines(model_dir, tmp_path, window):
     assert any(r["logger"] == "perf_predictor" and "loaded model" in r["message"] for r in records)
 
 
-
 REFUSALS_CHECK = """
 import asyncio, os, sys
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
