@@ -7,37 +7,41 @@ the bound is refused by its connection on its headers (connections.py), its body
 anything; the application looks before reading the body too, for the requests the connection leaves
 to it. Memory stays bounded however much is offered.
 
-The bound follows the throughput. A held request waits about `bound / throughput` (Little's law), and
-under heavy overload the refusals themselves take the process's CPU (reading a refused body is most of
-it), so throughput falls and a fixed bound would let the wait grow as much. So when requests have been
-refused in two windows in a row, the bound becomes `limit` scaled by the throughput now over the best
-the process has shown (smoothed over windows; not below a quarter of `limit`; unscaled while within
-SLACK of the best): accepted requests keep about the latency they have at capacity. A window with no
-refusal restores `limit`. Clients that retry at once would otherwise hold a lowered bound down for good
-(their refusals keep the throughput down), so every PROBE_WINDOWS windows one is served at `limit`: a
-probe costs the requests it admits a longer wait, so it is rare.
+Under overload the bound follows how late the event loop runs. Everything a process does for a request
+(reading it, refusing it, decoding, replying) waits its turn on one loop, and the work of held requests
+comes in bursts (a batch decoded, a batch answered), so the more it holds, the longer every refusal and
+every reply waits behind the others. So while requests are refused, a timer every TICK_S measures how
+late the loop runs it; after two windows in a row with refusals, a window whose mean delay is above
+DELAY_TARGET_S cuts the bound by CUT, one below half of it raises the bound by one, never below a
+FLOOR_SHARE of `limit` nor above it; a window with no refusal restores `limit`. This is CoDel's rule
+(RFC 8289: act on a delay that persists through an interval, not on a burst) applied to the loop. Clients
+that retry at once cannot pin the bound down: if the loop keeps up with them, its delay is low and the
+bound climbs back. docs/design.md has the measured effect.
 
 Refusals are counted in `perf_predictor_rejected_total{reason="overload"}`, not as 5xx requests: load
 alone must not fire the error-ratio alert (benchmarks/overload.py measures the bound).
 """
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 OVERLOAD = "overload"  # the reason refusals are counted under
 RETRY_AFTER_S = 1
 RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header every refusal carries
-WINDOW_S = 0.1  # throughput is measured over windows this long
-SLACK = 0.8  # throughput at least this share of the best: the bound stays `limit`
-PROBE_WINDOWS = 300  # after this many windows (30 s) below `limit`, one window at `limit` (below)
+WINDOW_S = 0.1  # the bound is reconsidered once a window
+TICK_S = 0.002  # while refusing, the loop's delay is sampled this often
+DELAY_TARGET_S = 0.002  # a mean delay above this in a window of overload cuts the bound
+CUT = 0.7  # the bound kept by a cut
+FLOOR_SHARE = 16  # the bound never falls below limit / FLOOR_SHARE (and 1)
 
 
 class Admission:
-    """The requests one process holds for one model; `limit` 0 means unbounded."""
+    """The requests one process holds for one model; `limit` 0 means unbounded. Call from the event loop."""
 
-    __slots__ = ("limit", "held", "bound", "on_bound", "_clock", "_window_end", "_completed", "_refused", "_refused_before",
-                 "_rate", "_best", "_below")
+    __slots__ = ("limit", "held", "bound", "on_bound", "_clock", "_window_end", "_refused", "_refused_before",
+                 "_delay_sum", "_delays", "_watched")
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic,
                  on_bound: Callable[[int], None] = lambda bound: None):
@@ -47,12 +51,11 @@ class Admission:
         self.on_bound = on_bound  # told each new bound (the metric)
         self._clock = clock
         self._window_end = clock() + WINDOW_S
-        self._completed = 0  # requests answered in this window
         self._refused = False  # in this window
         self._refused_before = False  # in the window before
-        self._rate = 0.0  # completions a second, smoothed over windows
-        self._best = 0.0  # the highest `_rate` so far
-        self._below = 0  # windows in a row with the bound below `limit`
+        self._delay_sum = 0.0  # the loop's delays sampled in this window, and how many
+        self._delays = 0
+        self._watched: Optional[asyncio.AbstractEventLoop] = None  # the loop whose delay is being sampled
 
     def full(self) -> bool:
         """True when a request arriving now would be refused (and then it is counted as refused)."""
@@ -64,6 +67,8 @@ class Admission:
         if self.held < self.bound:
             return False
         self._refused = True
+        if self._watched is None or self._watched.is_closed():
+            self._watch()
         return True
 
     def enter(self) -> bool:
@@ -75,25 +80,46 @@ class Admission:
 
     def leave(self) -> None:
         self.held -= 1
-        self._completed += 1
+
+    def record_delay(self, seconds: float) -> None:
+        """One sample of how late the event loop ran a callback."""
+        self._delay_sum += seconds
+        self._delays += 1
+
+    def _watch(self) -> None:
+        """Samples the running loop's delay while requests are refused (a process not refusing pays nothing)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a caller of its own): the bound then stays as it is
+            return
+        self._watched = loop
+        loop.call_later(TICK_S, self._tick, loop, self._clock() + TICK_S)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        now = self._clock()
+        self.record_delay(max(0.0, now - due))
+        if now >= self._window_end:  # with no request arriving, the windows still turn (and the ticks stop)
+            self._next_window(now)
+        if (self._refused or self._refused_before) and self._watched is loop:
+            loop.call_later(TICK_S, self._tick, loop, now + TICK_S)
+        elif self._watched is loop:
+            self._watched = None
 
     def _next_window(self, now: float) -> None:
-        length = now - self._window_end + WINDOW_S
-        windows = length / WINDOW_S  # more than one when nothing arrived for a while
-        rate = self._completed / length
-        weight = 0.5 ** windows
-        self._rate = weight * self._rate + (1 - weight) * rate
-        self._best = max(self._best, self._rate)
-        overloaded = self._refused and self._refused_before and windows < 2
+        quiet = now - self._window_end >= WINDOW_S  # whole windows passed with no request at all
+        delay = self._delay_sum / self._delays if self._delays else None
         bound = self.bound
-        if overloaded and self._best > 0 and self._rate < SLACK * self._best and self._below < PROBE_WINDOWS:
-            self.bound = max(1, self.limit // 4, round(self.limit * self._rate / self._best))
-            self._below += 1
-        elif not self._refused or self._below:
-            self.bound, self._below = self.limit, 0
+        if not self._refused or quiet:
+            self.bound = self.limit
+        elif self._refused_before and delay is not None:
+            if delay > DELAY_TARGET_S:
+                self.bound = max(1, self.limit // FLOOR_SHARE, int(self.bound * CUT))
+            elif delay < DELAY_TARGET_S / 2:
+                self.bound = min(self.limit, self.bound + 1)
         if self.bound != bound:
             self.on_bound(self.bound)
-        self._refused_before, self._refused, self._completed = self._refused, False, 0
+        self._refused_before, self._refused = self._refused, False
+        self._delay_sum, self._delays = 0.0, 0
         self._window_end = now + WINDOW_S
 
     def message(self) -> str:

@@ -1,16 +1,25 @@
-"""The overload bound (predictor/admission.py), driven window by window with a clock of the test's own.
+"""The overload bound (predictor/admission.py), driven window by window with a clock of the test's own and
+the loop's delay given as samples; then once on a real event loop, whose delay the bound samples itself.
 
-Throughput is set by how many held requests are answered in a window; a refusal is a request arriving
-while `held` has reached the bound. Every expected bound follows from the module's definition: `limit`
-scaled by the smoothed throughput over the best, after two windows in a row with refusals.
+A refusal is a request arriving while `held` has reached the bound. Every expected bound follows from the
+module's definition: after two windows in a row with refusals, a mean delay above DELAY_TARGET_S cuts the
+bound by CUT (not below limit / FLOOR_SHARE), one below half of it raises the bound by one, and a window
+without refusals restores the limit.
 """
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
 
-from predictor.admission import PROBE_WINDOWS, SLACK, WINDOW_S, Admission
+import pytest
+import uvloop
+
+from predictor.admission import CUT, DELAY_TARGET_S, FLOOR_SHARE, TICK_S, WINDOW_S, Admission
 
 LIMIT = 64
+LATE = DELAY_TARGET_S * 1.5  # a loop running this late cuts the bound
+PROMPT = DELAY_TARGET_S * 0.25  # this late raises it
+BETWEEN = DELAY_TARGET_S * 0.75  # this late holds it
 
 
 class Clock:
@@ -21,10 +30,11 @@ class Clock:
         return self.now
 
 
-def window(admission: Admission, clock: Clock, rate: float, refused: bool) -> int:
-    """One window: `rate` completions a second, and a refusal in it if `refused`; then the next window
-    begins (a request arriving at its start rolls it over). Returns the bound for the next window."""
-    for _ in range(round(rate * WINDOW_S)):
+def window(admission: Admission, clock: Clock, refused: bool, delay: float | None = None) -> int:
+    """One window: a few requests answered, a refusal in it if `refused`, the loop sampled `delay` late
+    (nothing sampled if None); then the next window begins (a request arriving at its start rolls it
+    over). Returns the bound for the next window."""
+    for _ in range(10):
         assert admission.enter()
         admission.leave()
     if refused:
@@ -32,20 +42,21 @@ def window(admission: Admission, clock: Clock, rate: float, refused: bool) -> in
         while admission.enter():  # fill the bound, then one more is refused
             pass
         admission.held = held
+    if delay is not None:
+        for _ in range(round(WINDOW_S / TICK_S)):
+            admission.record_delay(delay)
     clock.now += WINDOW_S
     admission.full()  # the first request of the next window closes this one
     return admission.bound
 
 
-def settled(admission: Admission, clock: Clock, rate: float, refused: bool, windows: int = 12) -> int:
-    for _ in range(windows):
-        bound = window(admission, clock, rate, refused)
-    return bound
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def cut(bound: int) -> int:
+    return max(1, LIMIT // FLOOR_SHARE, int(bound * CUT))
 
 
 def test_requests_past_the_bound_are_refused_and_a_reply_frees_a_place(clock):
@@ -64,62 +75,99 @@ def test_limit_zero_never_refuses(clock):
     assert not admission.full()
 
 
-def test_under_overload_the_bound_follows_throughput_over_the_best_seen(clock):
+def test_under_overload_a_late_loop_cuts_the_bound_window_by_window_down_to_the_floor(clock):
     admission = Admission(LIMIT, clock)
-    assert settled(admission, clock, 1000, refused=False) == LIMIT  # at capacity, nothing refused
-    # refusals take half the CPU: throughput halves, and so does the bound (wait = bound / throughput)
-    assert settled(admission, clock, 500, refused=True) == LIMIT // 2
-    assert settled(admission, clock, 375, refused=True) == round(LIMIT * 0.375)
-    # never below a quarter of the limit, however slow
-    assert settled(admission, clock, 50, refused=True) == LIMIT // 4
+    assert [window(admission, clock, refused=False, delay=LATE) for _ in range(3)] == [LIMIT] * 3  # nothing refused
+    assert window(admission, clock, refused=True, delay=LATE) == LIMIT  # one window of refusals: not yet
+    expected, bound = [], LIMIT
+    for _ in range(12):
+        bound = cut(bound)
+        expected.append(bound)
+    assert [window(admission, clock, refused=True, delay=LATE) for _ in range(12)] == expected
+    assert expected[-1] == LIMIT // FLOOR_SHARE and expected[0] == int(LIMIT * CUT)
 
 
-def test_throughput_within_the_slack_of_the_best_keeps_the_limit(clock):
+def test_a_loop_that_keeps_up_raises_the_bound_one_at_a_time_and_one_in_between_holds_it(clock):
     admission = Admission(LIMIT, clock)
-    settled(admission, clock, 1000, refused=False)
-    assert settled(admission, clock, 1000 * SLACK * 1.05, refused=True) == LIMIT
-    assert settled(admission, clock, 1000 * SLACK * 0.9, refused=True) < LIMIT
+    for _ in range(20):
+        floor = window(admission, clock, refused=True, delay=LATE)
+    assert floor == LIMIT // FLOOR_SHARE
+    assert [window(admission, clock, refused=True, delay=BETWEEN) for _ in range(5)] == [floor] * 5
+    assert [window(admission, clock, refused=True, delay=PROMPT) for _ in range(5)] == [floor + i for i in range(1, 6)]
+    assert window(admission, clock, refused=True, delay=LATE) == cut(floor + 5)
 
 
 def test_a_window_without_refusals_restores_the_limit(clock):
     admission = Admission(LIMIT, clock)
-    settled(admission, clock, 1000, refused=False)
-    assert settled(admission, clock, 500, refused=True) == LIMIT // 2
-    assert window(admission, clock, 500, refused=False) == LIMIT
+    for _ in range(5):
+        window(admission, clock, refused=True, delay=LATE)
+    assert admission.bound < LIMIT
+    assert window(admission, clock, refused=False) == LIMIT
 
 
 def test_one_window_of_refusals_is_not_overload(clock):
-    """A burst: refusals in one window only (or in the first window after a quiet spell, whose
-    throughput says nothing about the process's speed) leave the limit alone."""
+    """A burst: refusals in one window only (or in the first window after a quiet spell) leave the limit
+    alone, however late the loop ran."""
     admission = Admission(LIMIT, clock)
-    settled(admission, clock, 1000, refused=False)
     for _ in range(5):
-        assert window(admission, clock, 100, refused=True) == LIMIT
-        assert window(admission, clock, 100, refused=False) == LIMIT
+        assert window(admission, clock, refused=True, delay=LATE) == LIMIT
+        assert window(admission, clock, refused=False, delay=LATE) == LIMIT
+    window(admission, clock, refused=True, delay=LATE)
     clock.now += 10  # quiet
-    assert window(admission, clock, 100, refused=True) == LIMIT
+    assert window(admission, clock, refused=True, delay=LATE) == LIMIT
 
 
-def test_a_lowered_bound_is_probed_at_the_limit_so_clients_that_retry_at_once_cannot_pin_it_down(clock):
+def test_without_samples_of_the_loop_the_bound_stays(clock):
+    """A caller with no event loop (nothing sampled the delay) keeps the limit under refusals."""
     admission = Admission(LIMIT, clock)
-    settled(admission, clock, 1000, refused=False)
-    assert window(admission, clock, 500, refused=True) == LIMIT  # one window of refusals: not yet
-    bounds = [window(admission, clock, 500, refused=True) for _ in range(2 * (PROBE_WINDOWS + 1))]
-    for first in (0, PROBE_WINDOWS + 1):
-        assert all(bound < LIMIT for bound in bounds[first:first + PROBE_WINDOWS])
-        assert bounds[first + PROBE_WINDOWS] == LIMIT  # the probe
-    # once probed, the retrying clients are all held and nothing is refused: the limit stays
-    assert [window(admission, clock, 900, refused=False) for _ in range(3)] == [LIMIT] * 3
+    assert [window(admission, clock, refused=True) for _ in range(5)] == [LIMIT] * 5
+
+
+def test_clients_that_retry_at_once_cannot_pin_the_bound_down(clock):
+    """Refusals never stop, but the loop keeps up with them: the bound climbs back to the limit."""
+    admission = Admission(LIMIT, clock)
+    for _ in range(20):
+        window(admission, clock, refused=True, delay=LATE)
+    bounds = [window(admission, clock, refused=True, delay=PROMPT) for _ in range(LIMIT)]
+    assert bounds[-1] == LIMIT and bounds == sorted(bounds)
 
 
 def test_each_new_bound_is_told_once(clock):
     told: list[int] = []
     admission = Admission(LIMIT, clock, on_bound=told.append)
-    settled(admission, clock, 1000, refused=False)
-    settled(admission, clock, 500, refused=True)
-    window(admission, clock, 500, refused=False)
-    assert told[0] < LIMIT and told[-2:] == [LIMIT // 2, LIMIT]  # lowered as throughput fell, then restored
-    assert all(a != b for a, b in zip(told, told[1:]))  # only changes are told
+    for _ in range(3):
+        window(admission, clock, refused=True, delay=LATE)
+    window(admission, clock, refused=True, delay=BETWEEN)
+    window(admission, clock, refused=False)
+    assert told == [cut(LIMIT), cut(cut(LIMIT)), LIMIT]  # cut twice, held, then restored; only changes are told
+
+
+def test_the_bound_samples_the_running_loops_delay_while_it_refuses():
+    """On a real uvloop loop (the server's): a refusal starts the sampling; a loop kept busy 10 ms at a
+    time cuts the bound; once nothing is refused the limit comes back and the sampling stops."""
+    limit = 16
+
+    async def scenario() -> tuple[int, int, bool]:
+        admission = Admission(limit)
+        for _ in range(limit):
+            assert admission.enter()
+        until = time.monotonic() + 6 * WINDOW_S
+        while time.monotonic() < until:  # refused all along, the loop blocked 10 ms at a time
+            assert admission.full()
+            time.sleep(0.01)
+            await asyncio.sleep(0)
+        busy = admission.bound
+        for _ in range(limit):
+            admission.leave()
+        await asyncio.sleep(3 * WINDOW_S)
+        assert not admission.full()  # rolls the window over: none refused in it
+        await asyncio.sleep(3 * TICK_S)
+        return busy, admission.bound, admission._watched is None
+
+    busy, after, stopped = uvloop.run(scenario())
+    assert busy < limit
+    assert after == limit
+    assert stopped
 
 
 def test_the_refusal_message_says_how_many_requests_are_in_progress(clock):
