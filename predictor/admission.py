@@ -11,10 +11,11 @@ Under overload the bound follows how late the event loop runs. Everything a proc
 (reading it, refusing it, decoding, replying) waits its turn on one loop, and the work of held requests
 comes in bursts (a batch decoded, a batch answered), so the more it holds, the longer every refusal and
 every reply waits behind the others. So while requests are refused, a timer every TICK_S measures how
-late the loop runs it; after two windows in a row with refusals, a window whose mean delay is above
-DELAY_TARGET_S cuts the bound by CUT, one below half of it raises the bound by one, never below a
-FLOOR_SHARE of `limit` nor above it; a window with no refusal restores `limit`. This is CoDel's rule
-(RFC 8289: act on a delay that persists through an interval, not on a burst) applied to the loop. Clients
+late the loop runs it; a window with refusals whose mean delay is above DELAY_TARGET_S cuts the bound to
+CUT of itself, one below half of it raises the bound by one, never below `limit / FLOOR_SHARE` nor above
+`limit`; a window with no refusal restores `limit`. This is CoDel's rule (RFC 8289: act on a delay that
+lasts an interval, not on a burst) applied to the loop, from the first window, as the requests held when
+overload begins are what its accepted requests' slowest wait on. Clients
 that retry at once cannot pin the bound down: if the loop keeps up with them, its delay is low and the
 bound climbs back. docs/design.md has the measured effect.
 
@@ -52,7 +53,7 @@ class Admission:
         self._clock = clock
         self._window_end = clock() + WINDOW_S
         self._refused = False  # in this window
-        self._refused_before = False  # in the window before
+        self._refused_before = False  # in the window before (the delay is sampled until a window has none)
         self._delay_sum = 0.0  # the loop's delays sampled in this window, and how many
         self._delays = 0
         self._watched: Optional[asyncio.AbstractEventLoop] = None  # the loop whose delay is being sampled
@@ -111,7 +112,7 @@ class Admission:
         bound = self.bound
         if not self._refused or quiet:
             self.bound = self.limit
-        elif self._refused_before and delay is not None:
+        elif delay is not None:
             if delay > DELAY_TARGET_S:
                 self.bound = max(1, self.limit // FLOOR_SHARE, int(self.bound * CUT))
             elif delay < DELAY_TARGET_S / 2:
