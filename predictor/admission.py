@@ -12,7 +12,7 @@ Under overload the bound follows how late the event loop runs. Everything a proc
 comes in bursts (a batch decoded, a batch answered), so the more it holds, the longer every refusal and
 every reply waits behind the others. So while requests are refused, a timer every TICK_S measures how
 late the loop runs it; a window with refusals whose mean delay is above DELAY_TARGET_S cuts the bound to
-CUT of itself, one below half of it raises the bound by one, never below `limit / FLOOR_SHARE` nor above
+the target over the delay of itself (between DEEPEST_CUT and CUT), one below half of it raises the bound by one, never below `limit / FLOOR_SHARE` nor above
 `limit`; a window with no refusal restores `limit`. This is CoDel's rule (RFC 8289: act on a delay that
 lasts an interval, not on a burst) applied to the loop, from the first window, as the requests held when
 overload begins are what its accepted requests' slowest wait on. Clients
@@ -34,7 +34,8 @@ RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header eve
 WINDOW_S = 0.1  # the bound is reconsidered once a window
 TICK_S = 0.002  # while refusing, the loop's delay is sampled this often
 DELAY_TARGET_S = 0.002  # a mean delay above this in a window of overload cuts the bound
-CUT = 0.7  # the bound kept by a cut
+CUT = 0.7  # the bound kept by a cut, at most
+DEEPEST_CUT = 0.5  # and at least: target / delay in between (a loop twice as late as the target halves it)
 FLOOR_SHARE = 16  # the bound never falls below limit / FLOOR_SHARE (and 1)
 
 
@@ -114,7 +115,8 @@ class Admission:
             self.bound = self.limit
         elif delay is not None:
             if delay > DELAY_TARGET_S:
-                self.bound = max(1, self.limit // FLOOR_SHARE, int(self.bound * CUT))
+                kept = min(CUT, max(DEEPEST_CUT, DELAY_TARGET_S / delay))
+                self.bound = max(1, self.limit // FLOOR_SHARE, int(self.bound * kept))
             elif delay < DELAY_TARGET_S / 2:
                 self.bound = min(self.limit, self.bound + 1)
         if self.bound != bound:

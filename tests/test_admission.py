@@ -14,7 +14,7 @@ import time
 import pytest
 import uvloop
 
-from predictor.admission import CUT, DELAY_TARGET_S, FLOOR_SHARE, TICK_S, WINDOW_S, Admission
+from predictor.admission import CUT, DEEPEST_CUT, DELAY_TARGET_S, FLOOR_SHARE, TICK_S, WINDOW_S, Admission
 
 LIMIT = 64
 LATE = DELAY_TARGET_S * 1.5  # a loop running this late cuts the bound
@@ -55,8 +55,11 @@ def clock() -> Clock:
     return Clock()
 
 
-def cut(bound: int) -> int:
-    return max(1, LIMIT // FLOOR_SHARE, int(bound * CUT))
+def cut(bound: int, delay: float = LATE) -> int:
+    ticks = round(WINDOW_S / TICK_S)
+    mean = sum([delay] * ticks) / ticks  # as the window adds up its samples
+    kept = min(CUT, max(DEEPEST_CUT, DELAY_TARGET_S / mean))
+    return max(1, LIMIT // FLOOR_SHARE, int(bound * kept))
 
 
 def test_requests_past_the_bound_are_refused_and_a_reply_frees_a_place(clock):
@@ -83,7 +86,15 @@ def test_under_overload_a_late_loop_cuts_the_bound_window_by_window_down_to_the_
         bound = cut(bound)
         expected.append(bound)
     assert [window(admission, clock, refused=True, delay=LATE) for _ in range(12)] == expected
-    assert expected[-1] == LIMIT // FLOOR_SHARE and expected[0] == int(LIMIT * CUT)
+    assert expected[-1] == LIMIT // FLOOR_SHARE and abs(expected[0] - LIMIT * DELAY_TARGET_S / LATE) < 1
+
+
+@pytest.mark.parametrize("late, kept", [(DELAY_TARGET_S * 1.1, CUT), (DELAY_TARGET_S * 1.6, 1 / 1.6),
+                                        (DELAY_TARGET_S * 5, DEEPEST_CUT)])
+def test_the_later_the_loop_the_deeper_the_cut_within_its_limits(clock, late, kept):
+    admission = Admission(LIMIT, clock)
+    assert window(admission, clock, refused=True, delay=late) == cut(LIMIT, late)
+    assert abs(cut(LIMIT, late) - LIMIT * kept) < 1
 
 
 def test_a_loop_that_keeps_up_raises_the_bound_one_at_a_time_and_one_in_between_holds_it(clock):
