@@ -164,24 +164,31 @@ def refusal_cost_section(r: dict) -> str:
         "| protocol | offered req/s | refused | server CPU s | µs per refusal |", "|---|---:|---:|---:|---:|", *rows, ""])
 
 
+def served(protocol: dict) -> str:
+    """Accepted requests a second during the overload over the capacity phase's throughput."""
+    over, cap = protocol.get("overload") or {}, protocol.get("capacity") or {}
+    return f"{over['accepted_rps'] / cap['rps']:.2f}" if over.get("accepted_rps") and cap.get("rps") else ""
+
+
 def overload_runs(runs: list[dict]) -> str:
     """One row per run of benchmarks/overload.py, in order: how much the two targets move from run to run
     on this machine, and with the server's flags (--forecast_nice: docs/design.md)."""
     lines = ["", "Every run, in order (`benchmarks/overload.py --pin --server_flags=… --json "
              ".cache/limits/overload-runs/NAME.json`, one file each): accepted p99 over capacity's p99 for the whole "
-             "phase (after its first second), and refused p50 in ms. The table above is the last run with the current "
-             "defaults.", "",
-             "| measured (UTC) | commit | server flags | REST accepted | REST refused | gRPC accepted | gRPC refused "
-             "| load before |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "phase (after its first second), refused p50 in ms, and accepted throughput during the overload over "
+             "capacity's (served). The table above is the last run with the current defaults.", "",
+             "| measured (UTC) | commit | server flags | REST accepted | REST refused | REST served | gRPC accepted "
+             "| gRPC refused | gRPC served | load before |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for o in sorted(runs, key=lambda o: o["measured_at"]):
         g = o.get("grpc") or {}
         lines.append(
             f"| {o['measured_at']} | {o.get('git', 'before 9073c38')} | `{o.get('server_flags') or 'defaults'}` "
             f"| {o['accepted_p99_over_capacity_p99']} "
-            f"({o['after_warm_up_over_capacity_p99']}) | {o['overload']['refused_p50_ms']} | "
+            f"({o['after_warm_up_over_capacity_p99']}) | {o['overload']['refused_p50_ms']} | {served(o)} | "
             f"{g.get('accepted_p99_over_capacity_p99', '')} ({g.get('after_warm_up_over_capacity_p99', '')}) | "
-            f"{g.get('overload', {}).get('refused_p50_ms', '')} | {str(o['load_average_before']).split()[0]} |")
+            f"{g.get('overload', {}).get('refused_p50_ms', '')} | {served(g)} | "
+            f"{str(o['load_average_before']).split()[0]} |")
     return "\n".join(lines) + "\n"
 
 
