@@ -94,7 +94,7 @@ def grpc_load(binary: Path, server: loadgen.Server, body: Path, work: Path, name
 def outcome(phase: Requests, ok: int, refused: int, warm_up: float) -> dict:
     """Accepted (`ok`) and refused (`refused`) requests of an overload phase: rates and latencies, over the
     whole phase and over what started after its first `warm_up` seconds (connections being opened, and
-    the requests admitted before the bound follows throughput, admission.py)."""
+    the requests admitted before the bound follows the loop's delay, admission.py)."""
     accepted, refusals = phase.status == ok, phase.status == refused
     later = phase.started >= warm_up
     return {"sent": len(phase.status), "sent_rps": round(len(phase.status) / phase.span, 1),

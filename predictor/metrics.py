@@ -49,7 +49,8 @@ REJECTED = Counter("perf_predictor_rejected", "Inference requests refused before
                    "held as many as it may (reason overload); not counted in perf_predictor_requests_total.",
                    ["model", "protocol", "reason"])
 HELD_BOUND = Gauge("perf_predictor_requests_held_bound", "Inference requests the process may hold now: "
-                   "--max_requests_held, or fewer while refusals slow it (admission.py); 0 is no bound.",
+                   "--max_requests_held, or fewer while overload makes the event loop run late (admission.py); "
+                   "0 is no bound.",
                    ["model"], multiprocess_mode="livesum")
 LOAD_SECONDS = Gauge("perf_predictor_model_load_seconds", "Time to verify, load and compile the model.",
                      ["model"], multiprocess_mode="max")
