@@ -47,12 +47,24 @@ dockerd_alive() {
 own=""      # pid of the dockerd this script started
 waiting=""  # set once we have reported waiting for someone else's
 attempts=0
+# Once we have started one, a live dockerd process means it is still starting: dockerd writes the pid
+# file only once partly up, and reading a missing file as "exited" started a second engine beside the
+# first, and then neither came up.
+own_alive() {
+    [ -n "$own" ] || return 1
+    local stat
+    for stat in /proc/[0-9]*/stat; do
+        [ "$(cat "${stat%stat}comm" 2>/dev/null)" = dockerd ] && [ "$(awk '{print $3}' "$stat" 2>/dev/null)" != Z ] \
+            && return 0
+    done
+    return 1
+}
 for _ in $(seq 1 "$timeout"); do
     if docker info >/dev/null 2>&1; then
         echo "start-dockerd: Docker engine is up ($(docker version --format '{{.Server.Version}}'))"
         exit 0
     fi
-    if ! dockerd_alive; then
+    if ! own_alive && ! dockerd_alive; then
         if [ -n "$own" ]; then
             # Right after an engine was killed, its containerd may still be going away and the new
             # dockerd gives up on it; a couple more tries get past that.
