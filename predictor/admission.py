@@ -31,7 +31,7 @@ from typing import Callable, Optional
 OVERLOAD = "overload"  # the reason refusals are counted under
 RETRY_AFTER_S = 1
 RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)  # the header every refusal carries
-WINDOW_S = 0.1  # the bound is reconsidered once a window
+WINDOW_S = 0.05  # the bound is reconsidered once a window
 TICK_S = 0.002  # while refusing, the loop's delay is sampled this often
 DELAY_TARGET_S = 0.002  # a mean delay above this in a window of overload cuts the bound
 CUT = 0.7  # the bound kept by a cut, at most
