@@ -11,13 +11,13 @@ Under overload the bound follows how late the event loop runs. Everything a proc
 (reading it, refusing it, decoding, replying) waits its turn on one loop, and the work of held requests
 comes in bursts (a batch decoded, a batch answered), so the more it holds, the longer every refusal and
 every reply waits behind the others. So while requests are refused, a timer every TICK_S measures how
-late the loop runs it; a window with refusals whose mean delay is above DELAY_TARGET_S cuts the bound to
-the target over the delay of itself (between DEEPEST_CUT and CUT), one below half of it raises the bound by one, never below `limit / FLOOR_SHARE` nor above
-`limit`; a window with no refusal restores `limit`. This is CoDel's rule (RFC 8289: act on a delay that
-lasts an interval, not on a burst) applied to the loop, from the first window, as the requests held when
-overload begins are what its accepted requests' slowest wait on. Clients
-that retry at once cannot pin the bound down: if the loop keeps up with them, its delay is low and the
-bound climbs back. docs/design.md has the measured effect.
+late the loop runs it. A window with refusals whose mean delay is above DELAY_TARGET_S cuts the bound to
+the target over the delay of itself (between DEEPEST_CUT and CUT), one below half of it raises the bound
+by one, never below `limit / FLOOR_SHARE` nor above `limit`; a window with no refusal restores `limit`.
+This is CoDel's rule (RFC 8289: act on a delay that lasts an interval, not on a burst) applied to the
+loop, with short windows and from the first one, as the requests let in before the first cuts are the
+slowest of an overload. Clients that retry at once cannot pin the bound down: if the loop keeps up with
+them, its delay is low and the bound climbs back. docs/design.md has the measured effect.
 
 Refusals are counted in `perf_predictor_rejected_total{reason="overload"}`, not as 5xx requests: load
 alone must not fire the error-ratio alert (benchmarks/overload.py measures the bound).
