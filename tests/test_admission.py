@@ -2,9 +2,9 @@
 the loop's delay given as samples; then once on a real event loop, whose delay the bound samples itself.
 
 A refusal is a request arriving while `held` has reached the bound. Every expected bound follows from the
-module's definition: in a window with refusals, a mean delay above DELAY_TARGET_S cuts the bound to CUT of
-itself (not below limit / FLOOR_SHARE), one below half of it raises the bound by one, and a window without
-refusals restores the limit.
+module's definition: in a window with refusals, a mean delay above DELAY_TARGET_S cuts the bound to the target
+over the delay of itself (between DEEPEST_CUT and CUT; not below limit / FLOOR_SHARE), one below half of it
+raises the bound by one, and a window without refusals restores the limit.
 """
 from __future__ import annotations
 
